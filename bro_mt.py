@@ -1,0 +1,838 @@
+"""BRC for multi-task continuous control on dm_control, in one file.
+
+BRC -- "Bigger, Regularized, Categorical: High-Capacity Value Functions are Efficient Multi-Task Learners"
+(Nauman, Cygan, Sferrazza, Kumar, Abbeel, 2025, arXiv:2505.23150). One SAC agent learns many tasks at once.
+Its critic is a wide BroNet ensemble (Bigger, Regularized by LayerNorm and weight decay) that predicts a
+distribution over 101 return atoms (Categorical, trained by cross-entropy), conditioned on a learnable task
+embedding. Rewards are normalised per task so that every task's returns share one scale.
+
+Map of the file (search for the section markers "# ----"):
+  Args ..................... every flag; the defaults are the paper's (the authors' released code)
+  Tasks and environments ... task suites, id validation, a flat-observation dm_control wrapper
+  Networks ................. ensemble layers, BroNet, the categorical critic with task embedding, the actor
+  Categorical projection ... C51: put the shifted target distribution back on the fixed support
+  Losses ................... critic cross-entropy, actor, temperature
+  Reward normalisation ..... per-task scale from the largest discounted return seen
+  Replay buffer ............ per-task ring buffers [tasks, capacity, dim] on the training device
+  Checkpoints .............. everything needed to continue a run exactly
+  Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
+"""
+
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal, NamedTuple, Optional
+
+# MuJoCo picks its rendering backend when dm_control is imported. EGL renders headless on GPUs and most Linux
+# machines; set MUJOCO_GL=osmesa (Debian: libosmesa6) where EGL is missing.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from dm_control import suite
+
+
+@dataclass
+class Args:
+    exp_name: str = "bro_mt"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the networks, the replay sampling and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, train on CUDA when it is available (CPU otherwise)"""
+    track: bool = False
+    """if toggled, also log to Weights and Biases (`pip install wandb`)"""
+    wandb_project_name: str = "brc"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, save a video of the first evaluation episode of every task to `runs/{run_name}/videos`"""
+    save_every: int = 0
+    """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
+    save_buffer: bool = False
+    """if toggled, checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
+    resume: Optional[str] = None
+    """path of a checkpoint to continue from (its tasks and critic width must match this run's)"""
+    log_interval: int = 1000
+    """print progress and write training losses to TensorBoard every N environment steps"""
+
+    # Algorithm specific arguments
+    env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
+    """dm_control `domain-task` ids and/or suite names (see SUITES); one task = single-task mode"""
+    model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
+    """critic preset: its width W (1M: 512 ... 1B: 16384); the label is ~4*W^2, one member's hidden weights"""
+    critic_width: Optional[int] = None
+    """override the preset's critic width"""
+    total_timesteps: int = 1_000_000
+    """environment steps; one step = every task's environment steps once"""
+    learning_starts: int = 5000
+    """random-action steps before the first gradient update"""
+    buffer_size: int = 1_000_000
+    """replay capacity per task (transitions)"""
+    batch_size: Optional[int] = None
+    """batch size of an update (default: 1024 with several tasks, 256 with one)"""
+    updates_per_step: int = 2
+    """gradient updates per environment step (replay ratio)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """Polyak averaging rate of the target critic"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate of actor and critic"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay of actor and critic"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of the temperature"""
+    init_temperature: float = 0.1
+    """initial entropy temperature alpha"""
+    num_bins: int = 101
+    """atoms of the categorical critic's support"""
+    v_min: float = -10.0
+    """lowest atom of the support (returns are normalised to about [-10, 10])"""
+    v_max: float = 10.0
+    """highest atom of the support"""
+    embedding_dim: int = 32
+    """size of the learnable task embedding (multi-task only)"""
+    eval_interval: int = 50_000
+    """evaluate every N environment steps (and at the end)"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes per task"""
+    max_episode_steps: Optional[int] = None
+    """cut episodes after N steps (default: dm_control's own limit, 1000 steps); a truncation still bootstraps"""
+
+
+MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
+CRITIC_DEPTH, ACTOR_WIDTH, ACTOR_DEPTH, ENSEMBLE_SIZE = 2, 256, 1, 2
+
+
+# ---- Tasks and environments ----
+SUITES = {
+    "DMC_DOGS": ["dog-stand", "dog-walk", "dog-trot", "dog-run"],
+    "DMC_HUMANOIDS": ["humanoid-stand", "humanoid-walk", "humanoid-run"],
+    "DMC_HARD": ["dog-stand", "dog-walk", "dog-trot", "dog-run", "humanoid-stand", "humanoid-walk", "humanoid-run"],
+    # Small suites with different observation and action sizes, for a laptop.
+    "DMC_EASY": ["cartpole-balance", "cartpole-swingup", "point_mass-easy", "reacher-easy"],
+    "DMC_TINY": ["cartpole-balance", "point_mass-easy"],
+}
+
+
+def resolve_env_ids(env_ids: list[str]) -> list[str]:
+    """Expand suite names and check every `domain-task` id against dm_control before anything heavy starts."""
+    valid = {f"{domain}-{task}" for domain, task in suite.ALL_TASKS}
+    tasks = [t for name in env_ids for t in SUITES.get(name, [name])]
+    unknown = [t for t in tasks if t not in valid]
+    if unknown or not tasks:
+        domains = sorted({d for d, _ in suite.ALL_TASKS})
+        raise SystemExit(
+            f"unknown task id(s) {unknown or env_ids}. Use dm_control `domain-task` ids such as dog-run or "
+            f"cartpole-swingup (domains: {', '.join(domains)}), or a suite: {', '.join(SUITES)}."
+        )
+    if len(set(tasks)) != len(tasks):
+        raise SystemExit(f"task list {tasks} names a task twice; each task must appear once")
+    return tasks
+
+
+class DMCEnv(gym.Env):
+    """A dm_control task as a gymnasium env: the observation dict flattened to float32, actions in [-1, 1].
+
+    `terminated` is a true termination (dm_control's discount 0); `truncated` is the time limit, which bootstraps.
+    """
+
+    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None):
+        domain, task = env_id.split("-", 1)
+        self.env_id = env_id
+        self.env = suite.load(domain, task, task_kwargs={"random": seed})
+        spec = self.env.action_spec()
+        self.action_low, self.action_high = spec.minimum, spec.maximum
+        obs_dim = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
+        self.max_episode_steps = max_episode_steps
+        self.episode_step = 0
+
+    def _flat(self, observation) -> np.ndarray:
+        return np.concatenate([np.asarray(v, np.float32).ravel() for v in observation.values()])
+
+    def reset(self, seed: Optional[int] = None, options=None):
+        if seed is not None:
+            self.env.task.random.seed(seed)
+        self.episode_step = 0
+        return self._flat(self.env.reset().observation), {}
+
+    def step(self, action):
+        action = self.action_low + (np.clip(action, -1, 1) + 1) / 2 * (self.action_high - self.action_low)
+        ts = self.env.step(action)
+        self.episode_step += 1
+        terminated = ts.last() and ts.discount == 0
+        truncated = (ts.last() and not terminated) or self.episode_step == self.max_episode_steps
+        return self._flat(ts.observation), float(ts.reward), terminated, truncated, {}
+
+    def render(self, size: int = 256) -> np.ndarray:
+        return self.env.physics.render(height=size, width=size, camera_id=0)
+
+    def get_state(self) -> dict:
+        """The simulator's full integration state and the task's RNG, so that a resumed run steps identically."""
+        import mujoco
+
+        physics_state = self.env.physics.get_state(sig=mujoco.mjtState.mjSTATE_INTEGRATION)
+        _, keys, pos, has_gauss, cached = self.env.task.random.get_state()
+        return {"physics": torch.from_numpy(physics_state), "rng_keys": torch.from_numpy(keys.astype(np.int64)),
+                "rng_pos": pos, "rng_has_gauss": has_gauss, "rng_cached": cached, "step": self.episode_step,
+                "dm_step": self.env._step_count}
+
+    def set_state(self, state: dict):
+        import mujoco
+
+        self.env.reset()
+        self.env.physics.set_state(state["physics"].numpy(), sig=mujoco.mjtState.mjSTATE_INTEGRATION)
+        self.env.physics.forward()
+        keys = state["rng_keys"].numpy().astype(np.uint32)
+        self.env.task.random.set_state(("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_cached"]))
+        self.episode_step, self.env._step_count = state["step"], state["dm_step"]
+
+
+# ---- Networks ----
+class EnsembleLinear(nn.Module):
+    """`members` independent Linear layers in one batched matmul: x [members, batch, in] -> [members, batch, out].
+
+    Orthogonal init (gain sqrt(2) by default), zero bias, each member drawn on its own.
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, out_features))
+        with torch.no_grad():
+            for w in self.weight:
+                w.copy_(nn.init.orthogonal_(torch.empty(out_features, in_features, device=w.device), gain).T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the features with a separate scale and shift per ensemble member."""
+
+    def __init__(self, members: int, features: int, eps: float = 1e-6):  # eps as flax's LayerNorm
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, features))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+
+class BroNetBlock(nn.Module):
+    """BroNet residual block: x + LN(Linear(ReLU(LN(Linear(x)))))."""
+
+    def __init__(self, members: int, width: int):
+        super().__init__()
+        self.linear1, self.norm1 = EnsembleLinear(members, width, width), EnsembleLayerNorm(members, width)
+        self.linear2, self.norm2 = EnsembleLinear(members, width, width), EnsembleLayerNorm(members, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm2(self.linear2(F.relu(self.norm1(self.linear1(x)))))
+
+
+class BroNet(nn.Module):
+    """BroNet (Nauman et al., 2024): Linear -> LN -> ReLU, then `depth` residual blocks, for `members` nets at once."""
+
+    def __init__(self, members: int, in_features: int, width: int, depth: int):
+        super().__init__()
+        self.linear, self.norm = EnsembleLinear(members, in_features, width), EnsembleLayerNorm(members, width)
+        self.blocks = nn.Sequential(*[BroNetBlock(members, width) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.relu(self.norm(self.linear(x))))
+
+
+class Critic(nn.Module):
+    """Categorical critic ensemble conditioned on a learnable task embedding.
+
+    Each member maps [obs, action, task_embedding] to logits over the return support. The critic owns the
+    embedding: only the critic loss trains it, and the actor reads a detached copy.
+    """
+
+    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE):
+        super().__init__()
+        self.members = members
+        self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if num_tasks > 1 else None
+        self.embedding_dim = embedding_dim if num_tasks > 1 else 0
+        self.trunk = BroNet(members, obs_dim + action_dim + self.embedding_dim, width, CRITIC_DEPTH)
+        self.head = EnsembleLinear(members, width, num_bins)
+
+    def embed(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """Unit-length task embeddings [batch, embedding_dim] (zero-width with a single task)."""
+        if self.task_embedding is None:
+            return torch.zeros(len(task_ids), 0, device=task_ids.device)
+        return F.normalize(self.task_embedding(task_ids), dim=-1)
+
+    def forward(self, obs, action, task_ids) -> torch.Tensor:
+        x = torch.cat([obs, action, self.embed(task_ids)], dim=-1)
+        return self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, num_bins]
+
+
+class Actor(nn.Module):
+    """SAC actor: a one-member BroNet on [obs, task_embedding], a tanh-squashed Gaussian over the padded actions."""
+
+    def __init__(self, obs_dim: int, action_dim: int, embedding_dim: int, width: int = ACTOR_WIDTH):
+        super().__init__()
+        self.trunk = BroNet(1, obs_dim + embedding_dim, width, ACTOR_DEPTH)
+        self.mean = EnsembleLinear(1, width, action_dim)
+        self.log_std = EnsembleLinear(1, width, action_dim, gain=1.0)
+
+    def forward(self, obs, task_embedding):
+        h = self.trunk(torch.cat([obs, task_embedding], dim=-1)[None])
+        log_std = -10 + 6 * (1 + torch.tanh(self.log_std(h)[0]))  # in [-10, 2]
+        return self.mean(h)[0], log_std
+
+    def sample(self, obs, task_embedding, action_mask):
+        """Reparameterised tanh-Gaussian sample and its log-probability over the task's own action dims."""
+        mean, log_std = self(obs, task_embedding)
+        noise = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * noise
+        # log N(u; mean, std) - log(1 - tanh(u)^2), the latter written stably as 2(log 2 - u - softplus(-2u))
+        log_prob = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = log_prob - 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))
+        return torch.tanh(pre_tanh) * action_mask, (log_prob * action_mask).sum(-1)
+
+    def act(self, obs, task_embedding, action_mask):
+        """The deterministic evaluation policy: tanh(mean)."""
+        return torch.tanh(self(obs, task_embedding)[0]) * action_mask
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32) -> dict:
+    """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
+    with torch.device("meta"):
+        critic = Critic(obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim)
+        actor = Actor(obs_dim, action_dim, critic.embedding_dim)
+    ensemble = count_parameters(critic)
+    embedding = count_parameters(critic.task_embedding) if critic.task_embedding is not None else 0
+    return {"critic_member": (ensemble - embedding) // critic.members, "critic_ensemble": ensemble,
+            "task_embedding": embedding, "actor": count_parameters(actor)}
+
+
+# ---- Categorical projection (C51) ----
+def categorical_projection(target_atoms: torch.Tensor, probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Project a distribution with mass `probs` at positions `target_atoms` [batch, bins] onto `support` [bins].
+
+    Each shifted atom is clipped to [v_min, v_max] and its mass split linearly between the two neighbouring
+    support atoms (Bellemare et al., 2017). An atom that lands exactly on a support point keeps all its mass there.
+    """
+    v_min, v_max, delta = support[0], support[-1], support[1] - support[0]
+    position = (target_atoms.clamp(v_min, v_max) - v_min) / delta  # fractional index into the support
+    lower = position.floor().clamp(0, len(support) - 1)
+    upper_weight = position - lower  # 0 when the atom lands exactly on `lower`
+    upper = (lower + 1).clamp(max=len(support) - 1)
+    projected = torch.zeros_like(probs)
+    projected.scatter_add_(-1, lower.long(), probs * (1 - upper_weight))
+    projected.scatter_add_(-1, upper.long(), probs * upper_weight)
+    return projected
+
+
+# ---- Losses ----
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [batch, obs_dim], zero-padded to the largest task
+    actions: torch.Tensor  # [batch, action_dim], padded dims zero
+    rewards: torch.Tensor  # [batch], raw; normalised in the loss
+    next_obs: torch.Tensor
+    terminations: torch.Tensor  # [batch], 1.0 only on a true termination
+    task_ids: torch.Tensor  # [batch], int64
+
+
+def critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, reward_scale, support, gamma):
+    """Cross-entropy between each member's distribution and the projected soft Bellman target.
+
+    Target: mean over target members of softmax(logits(s', a')), atoms moved to r + gamma*m*(z - alpha*log pi(a'|s')).
+    Returns the loss (summed over members, mean over the batch) and the mean Q of the online critic.
+    """
+    with torch.no_grad():
+        next_actions, next_log_probs = actor.sample(batch.next_obs, critic.embed(batch.task_ids), action_mask)
+        target_probs = target_critic(batch.next_obs, next_actions, batch.task_ids).softmax(-1).mean(0)  # [batch, bins]
+        rewards = batch.rewards / reward_scale
+        bootstrap = gamma * (1 - batch.terminations)
+        soft_atoms = support - log_alpha.exp() * next_log_probs[:, None]  # [batch, bins]
+        target_atoms = rewards[:, None] + bootstrap[:, None] * soft_atoms
+        target_probs = categorical_projection(target_atoms, target_probs, support)
+    logits = critic(batch.obs, batch.actions, batch.task_ids)  # [members, batch, bins]
+    loss = -(target_probs * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
+    q = (logits.detach().softmax(-1).mean(0) * support).sum(-1)
+    return loss, q.mean()
+
+
+def actor_loss(actor, critic, log_alpha, obs, task_ids, action_mask, support):
+    """SAC actor loss mean(alpha * log pi(a|s) - Q(s, a)), Q = expectation of the members' mean distribution."""
+    actions, log_probs = actor.sample(obs, critic.embed(task_ids).detach(), action_mask)
+    probs = critic(obs, actions, task_ids).softmax(-1).mean(0)  # [batch, bins]
+    q = (probs * support).sum(-1)
+    return (log_alpha.exp().detach() * log_probs - q).mean(), log_probs.detach()
+
+
+def temperature_loss(log_alpha, log_probs, target_entropy):
+    """alpha * (H - H_target), per sample, with H_target = -|A_i|/2 for a sample of task i."""
+    return (log_alpha.exp() * (-log_probs - target_entropy)).mean()
+
+
+# ---- Reward normalisation ----
+def returns_to_go(rewards, gamma: float, bootstrap: float) -> np.ndarray:
+    """Discounted returns-to-go G_t = r_t + gamma * G_{t+1}, with G_T = `bootstrap` after the last reward."""
+    returns, g = np.empty(len(rewards), np.float64), bootstrap
+    for t in range(len(rewards) - 1, -1, -1):
+        g = rewards[t] + gamma * g
+        returns[t] = g
+    return returns
+
+
+class RewardNormalizer:
+    """Per-task reward scale from the largest discounted return-to-go seen (BRC's reward normalisation).
+
+    When an episode of task i ends, its returns-to-go update G_max_i and G_min_i; G_bar_i = max(G_max_i, |G_min_i|).
+    A truncated episode bootstraps its tail with mean(rewards)/(1 - gamma), a terminated one with 0.
+    Until task i finishes its first episode (the released code divides by infinity then, zeroing every
+    reward), we treat its episode so far as if truncated now and use that estimate. Statistics are float64.
+    """
+
+    def __init__(self, num_tasks: int, gamma: float):
+        self.gamma = gamma
+        self.max_return = np.full(num_tasks, -np.inf)
+        self.min_return = np.full(num_tasks, np.inf)
+        self.episode_rewards = [[] for _ in range(num_tasks)]
+
+    def record(self, task: int, reward: float):
+        self.episode_rewards[task].append(reward)
+
+    def end_episode(self, task: int, terminated: bool):
+        returns = self._returns(task, terminated)
+        self.max_return[task] = max(self.max_return[task], returns.max())
+        self.min_return[task] = min(self.min_return[task], returns.min())
+        self.episode_rewards[task] = []
+
+    def _returns(self, task: int, terminated: bool) -> np.ndarray:
+        rewards = np.asarray(self.episode_rewards[task], np.float64)
+        tail = 0.0 if terminated or len(rewards) == 0 else rewards.mean() / (1 - self.gamma)
+        return returns_to_go(rewards, self.gamma, tail) if len(rewards) else np.zeros(1)
+
+    def needs_fallback(self) -> bool:
+        return bool(np.isinf(self.max_return).any())
+
+    def max_abs_return(self) -> np.ndarray:
+        """G_bar per task [num_tasks], float64 (the partial-episode fallback for tasks without a finished episode)."""
+        g_bar = np.maximum(self.max_return, np.abs(self.min_return))
+        for task in np.flatnonzero(np.isinf(self.max_return)):
+            partial = self._returns(task, terminated=False)
+            g_bar[task] = max(partial.max(), abs(partial.min()))
+        return g_bar
+
+    def state_dict(self) -> dict:
+        return {"max_return": torch.from_numpy(self.max_return.copy()), "min_return": torch.from_numpy(self.min_return.copy()),
+                "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
+
+    def load_state_dict(self, state: dict):
+        self.max_return, self.min_return = state["max_return"].numpy().copy(), state["min_return"].numpy().copy()
+        self.episode_rewards = [r.tolist() for r in state["episode_rewards"]]
+
+
+def reward_scale(max_abs_return, alpha, target_entropy, gamma):
+    """Divisor of each task's rewards: (G_bar_i + alpha*|H_target_i|/(2(1-gamma))) / 10, so returns span ~[-10, 10]."""
+    return ((max_abs_return + alpha * target_entropy.abs() / (2 * (1 - gamma))) / 10).clamp(min=1e-8)
+
+
+# ---- Replay buffer ----
+class ReplayBuffer:
+    """Per-task ring buffers shaped [tasks, capacity, dim]; every step writes one transition of every task.
+
+    Sampling is uniform over (task, index) pairs. Raw rewards are stored; normalisation happens in the loss.
+    """
+
+    def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, device):
+        self.num_tasks, self.capacity, self.device = num_tasks, capacity, torch.device(device)
+        shape = (num_tasks, capacity)
+        self.obs = torch.zeros(*shape, obs_dim, device=device)
+        self.actions = torch.zeros(*shape, action_dim, device=device)
+        self.rewards = torch.zeros(shape, device=device)
+        self.next_obs = torch.zeros(*shape, obs_dim, device=device)
+        self.terminations = torch.zeros(shape, device=device)
+        self.pos, self.size = 0, 0
+
+    @staticmethod
+    def bytes_needed(num_tasks: int, capacity: int, obs_dim: int, action_dim: int) -> int:
+        return 4 * num_tasks * capacity * (2 * obs_dim + action_dim + 2)
+
+    def add(self, obs, actions, rewards, next_obs, terminations):
+        """Store one transition per task (numpy arrays with the task as first axis)."""
+        for buf, value in zip(self._fields(), (obs, actions, rewards, next_obs, terminations)):
+            buf[:, self.pos] = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, device) -> Batch:
+        task_ids = torch.randint(self.num_tasks, (batch_size,), device=self.device)
+        index = torch.randint(self.size, (batch_size,), device=self.device)
+        fields = [buf[task_ids, index].to(device, non_blocking=True) for buf in self._fields()]
+        return Batch(*fields, task_ids.to(device, non_blocking=True))
+
+    def _fields(self):
+        return self.obs, self.actions, self.rewards, self.next_obs, self.terminations
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos, "size": self.size, "data": [buf[:, : self.size].cpu() for buf in self._fields()]}
+
+    def load_state_dict(self, state: dict):
+        self.pos, self.size = state["pos"], state["size"]
+        for buf, saved in zip(self._fields(), state["data"]):
+            buf[:, : self.size] = saved.to(self.device)
+
+
+# ---- Checkpoints ----
+CHECKPOINT_KEYS = {"version", "run_name", "env_ids", "critic_width", "global_step", "actor", "critic",
+                   "target_critic", "log_alpha", "actor_optimizer", "critic_optimizer", "alpha_optimizer",
+                   "normalizer", "rng", "envs", "obs", "episode_returns", "replay_buffer"}
+
+
+def save_checkpoint(path: str, state: dict):
+    """Write atomically: a crash while saving never leaves a half-written checkpoint behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, env_ids: list[str], critic_width: int) -> dict:
+    """Load a checkpoint and check that it belongs to this run's tasks and model size."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"--resume {path}: no such file")
+    except Exception as error:
+        raise SystemExit(f"--resume {path}: not a readable bro_mt checkpoint ({type(error).__name__}: {error}). "
+                         "It may be truncated or corrupt; use another checkpoint or start a new run.")
+    missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise SystemExit(f"--resume {path}: not a bro_mt checkpoint (missing {sorted(missing)})")
+    if ckpt["env_ids"] != env_ids:
+        raise SystemExit(f"--resume {path}: the checkpoint was trained on {ckpt['env_ids']} but this run asks for "
+                         f"{env_ids}; pass the same --env-ids (same order) to continue it")
+    if ckpt["critic_width"] != critic_width:
+        raise SystemExit(f"--resume {path}: the checkpoint's critic width is {ckpt['critic_width']} but this run's "
+                         f"is {critic_width}; pass the same --model-size / --critic-width to continue it")
+    return ckpt
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on the device (CUDA) or available RAM (CPU, from /proc/meminfo where present)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+# ---- Evaluation ----
+def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None):
+    """Mean return over `num_episodes` deterministic episodes per task; all tasks step in lockstep."""
+    returns = np.zeros((len(envs), num_episodes))
+    task_ids = torch.arange(len(envs), device=device)
+    for episode in range(num_episodes):
+        obs = np.zeros((len(envs), obs_dim), np.float32)
+        for i, env in enumerate(envs):
+            o, _ = env.reset(seed=seed + 1000 * i if episode == 0 else None)
+            obs[i, : len(o)] = o
+        done = np.zeros(len(envs), bool)
+        frames = [[] for _ in envs]
+        while not done.all():
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, device=device)
+                actions = actor.act(obs_t, critic.embed(task_ids), action_masks).cpu().numpy()
+            for i, env in enumerate(envs):
+                if done[i]:
+                    continue
+                if video_dir is not None and episode == 0:
+                    frames[i].append(env.render())
+                o, r, terminated, truncated, _ = env.step(actions[i, : env.action_space.shape[0]])
+                obs[i, : len(o)] = o
+                returns[i, episode] += r
+                done[i] = terminated or truncated
+        if video_dir is not None and episode == 0:
+            import imageio
+
+            os.makedirs(video_dir, exist_ok=True)
+            for env, env_frames in zip(envs, frames):
+                imageio.mimsave(os.path.join(video_dir, f"{env.env_id}.mp4"), env_frames, fps=30)
+    return returns.mean(axis=1)
+
+
+# ---- Training loop ----
+def main(args: Args):
+    env_ids = resolve_env_ids(args.env_ids)
+    if args.model_size not in MODEL_SIZES:
+        raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    width = args.critic_width or MODEL_SIZES[args.model_size]
+    num_tasks = len(env_ids)
+    batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
+    if min(args.learning_starts, args.total_timesteps, args.updates_per_step, args.eval_interval, args.log_interval) < 1:
+        raise SystemExit("--learning-starts, --total-timesteps, --updates-per-step, --eval-interval and "
+                         "--log-interval must be at least 1")
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals slow wide CPU matmuls by up to ~9x
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)  # random actions before learning starts
+
+    # -- Environments: one per task, observations zero-padded, actions cut to each task's own size --
+    envs = [DMCEnv(env_id, args.seed + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
+    eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
+    obs_sizes = [env.observation_space.shape[0] for env in envs]
+    action_sizes = [env.action_space.shape[0] for env in envs]
+    obs_dim, action_dim = max(obs_sizes), max(action_sizes)
+    action_masks = torch.zeros(num_tasks, action_dim, device=device)  # 1 on each task's own action dims
+    for i, size in enumerate(action_sizes):
+        action_masks[i, :size] = 1
+    target_entropy = -action_masks.sum(-1) / 2  # [tasks], -|A_i| / 2
+
+    # -- Memory: refuse up front what cannot fit --
+    counts = model_parameter_counts(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim)
+    model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
+    activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
+    buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
+    free = available_memory(device)
+    if model_bytes + activation_bytes > free:
+        raise SystemExit(f"the critic (width {width}) needs ~{gib(model_bytes + activation_bytes)} for weights, "
+                         f"optimiser state and activations but {device} has {gib(free)} free; "
+                         "pick a smaller --model-size or --batch-size")
+    buffer_device = device
+    if buffer_bytes > free - model_bytes - activation_bytes:
+        buffer_device = torch.device("cpu")
+        if device.type == "cpu" or buffer_bytes > available_memory(buffer_device):
+            raise SystemExit(f"the replay buffer ({num_tasks} tasks x {args.buffer_size:,} transitions) needs "
+                             f"{gib(buffer_bytes)} but only {gib(available_memory(buffer_device))} of RAM is "
+                             "available; lower --buffer-size")
+
+    print(f"tasks ({num_tasks}): {', '.join(f'{t} (obs {o}, act {a})' for t, o, a in zip(env_ids, obs_sizes, action_sizes))}")
+    print(f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
+          f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
+          f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}")
+    print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
+
+    # -- Networks and optimisers --
+    support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
+    critic = Critic(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim).to(device)
+    target_critic = Critic(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    target_critic.requires_grad_(False)
+    actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
+    log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
+    actor_optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999))
+    rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
+    normalizer = RewardNormalizer(num_tasks, args.gamma)
+
+    obs = np.zeros((num_tasks, obs_dim), np.float32)
+    for i, env in enumerate(envs):
+        o, _ = env.reset()
+        obs[i, : len(o)] = o
+    episode_returns = np.zeros(num_tasks)
+    global_step, run_name = 0, f"{env_ids[0] if num_tasks == 1 else f'{num_tasks}tasks'}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    learning_starts = args.learning_starts
+
+    def checkpoint_state() -> dict:
+        return {
+            "version": 1, "run_name": run_name, "env_ids": env_ids, "critic_width": width, "args": asdict(args),
+            "global_step": global_step, "actor": actor.state_dict(), "critic": critic.state_dict(),
+            "target_critic": target_critic.state_dict(), "log_alpha": log_alpha.detach().cpu(),
+            "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
+            "alpha_optimizer": alpha_optimizer.state_dict(), "normalizer": normalizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "numpy": rng.bit_generator.state},
+            "envs": [env.get_state() for env in envs], "obs": torch.from_numpy(obs.copy()),
+            "episode_returns": torch.from_numpy(episode_returns.copy()),
+            "replay_buffer": rb.state_dict() if args.save_buffer else None,
+        }
+
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, env_ids, width)
+        run_name, global_step = ckpt["run_name"], ckpt["global_step"]
+        actor.load_state_dict(ckpt["actor"])
+        critic.load_state_dict(ckpt["critic"])
+        target_critic.load_state_dict(ckpt["target_critic"])
+        with torch.no_grad():
+            log_alpha.copy_(ckpt["log_alpha"])
+        actor_optimizer.load_state_dict(ckpt["actor_optimizer"])
+        critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
+        alpha_optimizer.load_state_dict(ckpt["alpha_optimizer"])
+        normalizer.load_state_dict(ckpt["normalizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        for env, state in zip(envs, ckpt["envs"]):
+            env.set_state(state)
+        obs, episode_returns = ckpt["obs"].numpy().copy(), ckpt["episode_returns"].numpy().copy()
+        if ckpt["replay_buffer"] is not None:
+            rb.load_state_dict(ckpt["replay_buffer"])
+        else:
+            learning_starts = global_step + args.learning_starts
+            print(f"the checkpoint holds no replay buffer: collecting {args.learning_starts} steps with the current "
+                  "policy before updates restart (save with --save-buffer to continue exactly)")
+        print(f"resumed {run_name} at step {global_step:,} from {args.resume}")
+    checkpoint_path = os.path.join("runs", run_name, "checkpoint.pt")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join("runs", run_name), purge_step=global_step if args.resume else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
+                   sync_tensorboard=True, save_code=True, id=run_name, resume="allow")
+
+    # Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent.
+    stop_requested = []
+    previous_handlers = {s: signal.signal(s, lambda signum, frame: stop_requested.append(signum))
+                         for s in (signal.SIGINT, signal.SIGTERM)}
+    max_abs_return = torch.zeros(num_tasks, device=device)
+    metrics_sum, metrics_count = torch.zeros(5, device=device), 0
+    start_time, start_step, updates = time.time(), global_step, 0
+    try:
+        while global_step < args.total_timesteps and not stop_requested:
+            # -- act --
+            if global_step < args.learning_starts:
+                actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * action_masks.cpu().numpy()
+            else:
+                with torch.no_grad():
+                    task_ids = torch.arange(num_tasks, device=device)
+                    obs_t = torch.as_tensor(obs, device=device)
+                    actions = actor.sample(obs_t, critic.embed(task_ids), action_masks)[0].cpu().numpy()
+
+            # -- step envs and record --
+            next_obs, rewards = np.zeros_like(obs), np.zeros(num_tasks, np.float32)
+            terminations, reset_obs = np.zeros(num_tasks, np.float32), {}
+            for i, env in enumerate(envs):
+                o, r, terminated, truncated, _ = env.step(actions[i, : action_sizes[i]])
+                next_obs[i, : len(o)], rewards[i], terminations[i] = o, r, terminated
+                normalizer.record(i, r)
+                episode_returns[i] += r
+                if terminated or truncated:
+                    normalizer.end_episode(i, terminated)
+                    writer.add_scalar(f"charts/episodic_return/{env_ids[i]}", episode_returns[i], global_step)
+                    episode_returns[i] = 0
+                    reset_obs[i] = env.reset()[0]
+
+            # -- store (next_obs is the true final observation, even when the episode ended) --
+            rb.add(obs, actions, rewards, next_obs, terminations)
+            obs = next_obs
+            for i, o in reset_obs.items():
+                obs[i] = 0
+                obs[i, : len(o)] = o
+            global_step += 1
+
+            # -- update --
+            if global_step > learning_starts:
+                if reset_obs or normalizer.needs_fallback() or updates == 0:
+                    max_abs_return = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
+                for _ in range(args.updates_per_step):
+                    batch = rb.sample(batch_size, device)
+                    action_mask = action_masks[batch.task_ids]
+                    scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, args.gamma)
+                    loss_q, q_mean = critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask,
+                                                 scale[batch.task_ids], support, args.gamma)
+                    critic_optimizer.zero_grad(set_to_none=True)
+                    loss_q.backward()
+                    critic_optimizer.step()
+                    with torch.no_grad():
+                        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
+
+                    critic.requires_grad_(False)  # the actor's loss must not compute critic weight gradients
+                    loss_pi, log_probs = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, action_mask,
+                                                    support)
+                    actor_optimizer.zero_grad(set_to_none=True)
+                    loss_pi.backward()
+                    actor_optimizer.step()
+                    critic.requires_grad_(True)
+
+                    loss_alpha = temperature_loss(log_alpha, log_probs, target_entropy[batch.task_ids])
+                    alpha_optimizer.zero_grad(set_to_none=True)
+                    loss_alpha.backward()
+                    alpha_optimizer.step()
+                    updates += 1
+                    step_metrics = torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
+                    metrics_sum += step_metrics
+                    metrics_count += 1
+                if not torch.isfinite(step_metrics[:3]).all():
+                    nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
+                    save_checkpoint(nan_path, checkpoint_state())
+                    raise SystemExit(f"non-finite loss at step {global_step} (critic {loss_q.item()}, actor "
+                                     f"{loss_pi.item()}, temperature {loss_alpha.item()}); state saved to {nan_path}")
+
+            # -- evaluate, log, checkpoint --
+            if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
+                video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}") if args.capture_video else None
+                eval_returns = evaluate(actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device,
+                                        args.seed + global_step, video_dir)
+                for env_id, ret in zip(env_ids, eval_returns):
+                    writer.add_scalar(f"eval/return/{env_id}", ret, global_step)
+                writer.add_scalar("eval/mean_return", eval_returns.mean(), global_step)
+                print(f"eval @ {global_step:,}: mean {eval_returns.mean():.1f} | "
+                      + " ".join(f"{t} {r:.1f}" for t, r in zip(env_ids, eval_returns)), flush=True)
+            if global_step % args.log_interval == 0:
+                elapsed = time.time() - start_time
+                sps = (global_step - start_step) / elapsed
+                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/updates_per_second", updates / elapsed, global_step)
+                line = f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | ETA {eta / 3600:.1f}h"
+                if metrics_count:
+                    names = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/q_mean"]
+                    values = (metrics_sum / metrics_count).tolist()
+                    for name, value in zip(names, values):
+                        writer.add_scalar(name, value, global_step)
+                    alpha = log_alpha.exp().item()
+                    writer.add_scalar("charts/alpha", alpha, global_step)
+                    scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
+                    for env_id, s in zip(env_ids, scales):
+                        writer.add_scalar(f"charts/reward_scale/{env_id}", s, global_step)
+                    line += f" | critic {values[0]:.3f} actor {values[1]:.3f} alpha {alpha:.4f} Q {values[4]:.2f}"
+                    metrics_sum.zero_()
+                    metrics_count = 0
+                print(line, flush=True)
+            if args.save_every and global_step % args.save_every == 0:
+                save_checkpoint(checkpoint_path, checkpoint_state())
+        save_checkpoint(checkpoint_path, checkpoint_state())
+        if stop_requested:
+            print(f"stopped at step {global_step:,}; checkpoint saved to {checkpoint_path} "
+                  f"(continue with --resume {checkpoint_path})")
+        else:
+            print(f"done: {global_step:,} steps; checkpoint saved to {checkpoint_path}")
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+        writer.close()
+        if args.track:
+            wandb.finish()
+    return checkpoint_path
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
