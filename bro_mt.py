@@ -67,7 +67,8 @@ class Args:
 
     # Algorithm specific arguments
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
-    """dm_control `domain-task` ids and/or suite names (see SUITES); one task = single-task mode"""
+    """dm_control `domain-task` ids (dog-run, cartpole-swingup, ...) and/or suites: DMC_DOGS, DMC_HUMANOIDS,
+    DMC_HARD (dogs + humanoids: the 7 tasks of the reference curves), DMC_EASY, DMC_TINY. One task = single-task mode (no embedding)"""
     model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
     """critic preset: its width W (1M: 512 ... 1B: 16384); the label is ~4*W^2, one member's hidden weights"""
     critic_width: Optional[int] = None
@@ -387,6 +388,36 @@ def temperature_loss(log_alpha, log_probs, target_entropy):
     return (log_alpha.exp() * (-log_probs - target_entropy)).mean()
 
 
+def update(batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, max_abs_return,
+           support, gamma, tau) -> torch.Tensor:
+    """One BRC update in the paper's order: critic -> Polyak target -> actor -> temperature.
+
+    Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor, with no host sync.
+    """
+    critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
+    action_mask = action_masks[batch.task_ids]
+    scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, gamma)[batch.task_ids]
+    loss_q, q_mean = critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, scale, support, gamma)
+    critic_optimizer.zero_grad(set_to_none=True)
+    loss_q.backward()
+    critic_optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
+
+    critic.requires_grad_(False)  # the actor's loss needs gradients through the critic, not of its weights
+    loss_pi, log_probs = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, action_mask, support)
+    actor_optimizer.zero_grad(set_to_none=True)
+    loss_pi.backward()
+    actor_optimizer.step()
+    critic.requires_grad_(True)
+
+    loss_alpha = temperature_loss(log_alpha, log_probs, target_entropy[batch.task_ids])
+    alpha_optimizer.zero_grad(set_to_none=True)
+    loss_alpha.backward()
+    alpha_optimizer.step()
+    return torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
+
+
 # ---- Reward normalisation ----
 def returns_to_go(rewards, gamma: float, bootstrap: float) -> np.ndarray:
     """Discounted returns-to-go G_t = r_t + gamma * G_{t+1}, with G_T = `bootstrap` after the last reward."""
@@ -601,7 +632,6 @@ def main(args: Args):
 
     # -- Environments: one per task, observations zero-padded, actions cut to each task's own size --
     envs = [DMCEnv(env_id, args.seed + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
-    eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
     obs_sizes = [env.observation_space.shape[0] for env in envs]
     action_sizes = [env.action_space.shape[0] for env in envs]
     obs_dim, action_dim = max(obs_sizes), max(action_sizes)
@@ -634,6 +664,14 @@ def main(args: Args):
           f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}")
     print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
 
+    eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
+    if args.capture_video:
+        try:
+            eval_envs[0].render(size=16)
+        except Exception as error:
+            raise SystemExit(f"--capture-video: MuJoCo cannot render here ({error}). Install EGL (Debian: libegl1) "
+                             "or OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa.")
+
     # -- Networks and optimisers --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
     critic = Critic(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim).to(device)
@@ -645,6 +683,7 @@ def main(args: Args):
     actor_optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999))
+    optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
     rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
     normalizer = RewardNormalizer(num_tasks, args.gamma)
 
@@ -653,18 +692,22 @@ def main(args: Args):
         o, _ = env.reset()
         obs[i, : len(o)] = o
     episode_returns = np.zeros(num_tasks)
-    global_step, run_name = 0, f"{env_ids[0] if num_tasks == 1 else f'{num_tasks}tasks'}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    learning_starts = args.learning_starts
+    global_step, learning_starts = 0, args.learning_starts
+    run_name = f"{env_ids[0] if num_tasks == 1 else f'{num_tasks}tasks'}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    while os.path.exists(os.path.join("runs", run_name)):  # two runs started within the same second
+        run_name += "+"
+
+    # Everything with a state_dict, saved and restored by name.
+    stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "actor_optimizer": actor_optimizer,
+                "critic_optimizer": critic_optimizer, "alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
 
     def checkpoint_state() -> dict:
         return {
             "version": 1, "run_name": run_name, "env_ids": env_ids, "critic_width": width, "args": asdict(args),
-            "global_step": global_step, "actor": actor.state_dict(), "critic": critic.state_dict(),
-            "target_critic": target_critic.state_dict(), "log_alpha": log_alpha.detach().cpu(),
-            "actor_optimizer": actor_optimizer.state_dict(), "critic_optimizer": critic_optimizer.state_dict(),
-            "alpha_optimizer": alpha_optimizer.state_dict(), "normalizer": normalizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                    "numpy": rng.bit_generator.state},
+            "global_step": global_step, "log_alpha": log_alpha.detach().cpu(),
+            **{name: obj.state_dict() for name, obj in stateful.items()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state,
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             "envs": [env.get_state() for env in envs], "obs": torch.from_numpy(obs.copy()),
             "episode_returns": torch.from_numpy(episode_returns.copy()),
             "replay_buffer": rb.state_dict() if args.save_buffer else None,
@@ -673,15 +716,10 @@ def main(args: Args):
     if args.resume:
         ckpt = load_checkpoint(args.resume, env_ids, width)
         run_name, global_step = ckpt["run_name"], ckpt["global_step"]
-        actor.load_state_dict(ckpt["actor"])
-        critic.load_state_dict(ckpt["critic"])
-        target_critic.load_state_dict(ckpt["target_critic"])
+        for name, obj in stateful.items():
+            obj.load_state_dict(ckpt[name])
         with torch.no_grad():
             log_alpha.copy_(ckpt["log_alpha"])
-        actor_optimizer.load_state_dict(ckpt["actor_optimizer"])
-        critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
-        alpha_optimizer.load_state_dict(ckpt["alpha_optimizer"])
-        normalizer.load_state_dict(ckpt["normalizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -754,37 +792,16 @@ def main(args: Args):
                     max_abs_return = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
                 for _ in range(args.updates_per_step):
                     batch = rb.sample(batch_size, device)
-                    action_mask = action_masks[batch.task_ids]
-                    scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, args.gamma)
-                    loss_q, q_mean = critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask,
-                                                 scale[batch.task_ids], support, args.gamma)
-                    critic_optimizer.zero_grad(set_to_none=True)
-                    loss_q.backward()
-                    critic_optimizer.step()
-                    with torch.no_grad():
-                        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
-
-                    critic.requires_grad_(False)  # the actor's loss must not compute critic weight gradients
-                    loss_pi, log_probs = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, action_mask,
-                                                    support)
-                    actor_optimizer.zero_grad(set_to_none=True)
-                    loss_pi.backward()
-                    actor_optimizer.step()
-                    critic.requires_grad_(True)
-
-                    loss_alpha = temperature_loss(log_alpha, log_probs, target_entropy[batch.task_ids])
-                    alpha_optimizer.zero_grad(set_to_none=True)
-                    loss_alpha.backward()
-                    alpha_optimizer.step()
-                    updates += 1
-                    step_metrics = torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
-                    metrics_sum += step_metrics
+                    metrics_sum += update(batch, critic, target_critic, actor, log_alpha, optimizers, action_masks,
+                                          target_entropy, max_abs_return, support, args.gamma, args.tau)
                     metrics_count += 1
-                if not torch.isfinite(step_metrics[:3]).all():
+                    updates += 1
+                if not torch.isfinite(metrics_sum[:3]).all():  # one small sync per step; the actions need one anyway
                     nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
                     save_checkpoint(nan_path, checkpoint_state())
-                    raise SystemExit(f"non-finite loss at step {global_step} (critic {loss_q.item()}, actor "
-                                     f"{loss_pi.item()}, temperature {loss_alpha.item()}); state saved to {nan_path}")
+                    raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic, actor, "
+                                     f"temperature = {(metrics_sum[:3] / metrics_count).tolist()}); "
+                                     f"state saved to {nan_path}")
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
@@ -802,7 +819,8 @@ def main(args: Args):
                 eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/updates_per_second", updates / elapsed, global_step)
-                line = f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | ETA {eta / 3600:.1f}h"
+                line = (f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | "
+                        f"ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m")
                 if metrics_count:
                     names = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/q_mean"]
                     values = (metrics_sum / metrics_count).tolist()

@@ -1,0 +1,998 @@
+"""BRC for multi-game Atari from pixels, in one file.
+
+BRC -- "Bigger, Regularized, Categorical: High-Capacity Value Functions are Efficient Multi-Task Learners"
+(Nauman, Cygan, Sferrazza, Kumar, Abbeel, 2025, arXiv:2505.23150), for discrete actions. One categorical
+double-DQN agent learns several Atari games at once: a shared Impala-style encoder reads the pixels, a learnable
+game embedding says which game it is, and a wide BroNet head (Bigger, Regularized by LayerNorm and weight decay)
+predicts, for every one of the 18 joystick actions, a distribution over 101 return atoms (Categorical, trained
+by cross-entropy). Rewards are normalised per game so that every game's returns share one scale.
+
+The authors released no Atari code. The BRC ingredients follow the paper and bro_mt.py; every other choice is
+ours, taken from standard practice, and named here with its reason:
+  - sticky actions 0.25 (Machado et al., 2018; ALE v5's default) rather than Atari-100k's 0: the modern
+    protocol, it keeps the games stochastic so that memorised action sequences do not score. --repeat-action-probability 0
+    gives the Atari-100k setting.
+  - preprocessing as Mnih et al. (2015) / Machado et al.: up to 30 no-op frames at reset, 4 frames per action
+    with a max over the last two, 84x84 grayscale (area resampling, as cv2.INTER_AREA), 4-frame stacks padded
+    with the episode's first frame, episodes cut at 108k frames. A lost life ends the bootstrap in training
+    (not the episode, not evaluation), as DQN did; --no-terminal-on-life-loss follows Machado et al.
+  - one game: its minimal action set and no embedding; several: ALE's full 18-action set shared by all games.
+  - Impala-style encoder (Espeholt et al., 2018), PyTorch's default conv init: the standard pixel encoder of
+    data-efficient Atari agents (DER, SPR, BBF); --encoder-width widens it.
+  - n-step returns n = 3 (Rainbow), EMA target tau = 0.005 (BRC; also BBF), epsilon 1 -> 0.01 over 250k steps
+    after learning starts and 0.001 in evaluation (Dopamine), 1 update per step with batch 256 (64 with one
+    game), 10k random steps first, 200k frames of replay per game (1.4 GiB each).
+  - the reward normaliser counts a life as an episode when lives end the bootstrap (so its returns are the ones
+    the critic predicts), and never divides by less than 1/10 of a point (Atari rewards are integers).
+  - default games ATARI_5 (Aitchison et al., 2023), five games whose scores predict the median over all 57.
+
+Map of the file (search for the section markers "# ----"):
+  Args ..................... every flag
+  Games and preprocessing .. suites, reference scores, the ALE wrapper (no-ops, frame skip + max, 84x84)
+  Networks ................. BroNet pieces (as in bro_mt.py), Impala encoder, the categorical Q-network
+  Categorical projection ... C51, and the double-DQN target built on it
+  Reward normalisation ..... per-game scale from the largest discounted return seen
+  Replay buffer ............ single uint8 frames per game; stacks and n-step returns rebuilt on sampling
+  Checkpoints .............. everything needed to continue a run exactly
+  Evaluation ............... raw and human-normalised scores, mean / median / IQM across games
+  Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
+"""
+
+import difflib
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal, NamedTuple, Optional
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+
+@dataclass
+class Args:
+    exp_name: str = "bro_atari"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the networks, the exploration, the replay sampling and the emulators"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, train on CUDA when it is available (CPU otherwise)"""
+    track: bool = False
+    """if toggled, also log to Weights and Biases (`pip install wandb`)"""
+    wandb_project_name: str = "brc"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, save a video of the first evaluation episode of every game to `runs/{run_name}/videos`"""
+    save_every: int = 0
+    """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
+    save_buffer: bool = False
+    """if toggled, checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
+    resume: Optional[str] = None
+    """path of a checkpoint to continue from (its games, head width and encoder width must match this run's)"""
+    log_interval: int = 1000
+    """print progress and write training losses to TensorBoard every N environment steps"""
+
+    # Algorithm specific arguments
+    env_ids: list[str] = field(default_factory=lambda: ["ATARI_5"])
+    """ALE game names (Pong, Breakout, ...) and/or suite names (see SUITES); one game = single-game mode"""
+    model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
+    """BroNet head preset: its width W (1M: 512 ... 1B: 16384), the same presets as bro_mt.py"""
+    critic_width: Optional[int] = None
+    """override the preset's head width"""
+    encoder_width: int = 16
+    """channels of the encoder's first stage; the other two have twice as many (16 = Impala's 16-32-32)"""
+    total_timesteps: int = 1_000_000
+    """environment steps; one step = every game's env takes one action (4 frames)"""
+    learning_starts: int = 10_000
+    """random-action steps before the first gradient update"""
+    buffer_size: int = 200_000
+    """replay capacity per game (frames; ~7 KiB each)"""
+    batch_size: Optional[int] = None
+    """batch size of an update (default: 256 with several games, 64 with one)"""
+    updates_per_step: int = 1
+    """gradient updates per environment step (replay ratio)"""
+    n_step: int = 3
+    """length of the multi-step return"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """Polyak averaging rate of the target network (used when --target-network-frequency is 0)"""
+    target_network_frequency: int = 0
+    """copy the online network to the target every N steps instead of Polyak averaging (0: Polyak)"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    epsilon_end: float = 0.01
+    """final exploration rate of the epsilon-greedy policy"""
+    epsilon_decay_steps: int = 250_000
+    """steps after --learning-starts over which epsilon falls linearly from 1 to --epsilon-end"""
+    eval_epsilon: float = 0.001
+    """exploration rate during evaluation (avoids a greedy policy stuck in a loop)"""
+    clip_rewards: bool = False
+    """if toggled, clip rewards to [-1, 1] (DQN) instead of BRC's per-game reward normalisation"""
+    num_bins: int = 101
+    """atoms of the categorical support"""
+    v_min: float = -10.0
+    """lowest atom of the support (returns are normalised to about [-10, 10])"""
+    v_max: float = 10.0
+    """highest atom of the support"""
+    embedding_dim: int = 32
+    """size of the learnable game embedding (multi-game only)"""
+    repeat_action_probability: float = 0.25
+    """sticky actions: the emulator repeats the previous action with this probability (0 for Atari-100k)"""
+    noop_max: int = 30
+    """at most this many no-op frames at the start of every episode"""
+    max_episode_frames: int = 108_000
+    """cut episodes after N frames (30 minutes of play); a truncation still bootstraps"""
+    terminal_on_life_loss: bool = True
+    """if toggled, a lost life ends the bootstrap in training (evaluation always plays whole games)"""
+    eval_interval: int = 50_000
+    """evaluate every N environment steps (and at the end)"""
+    eval_episodes: int = 10
+    """evaluation episodes per game"""
+
+
+MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
+CRITIC_DEPTH, FRAME_SIZE, FRAME_STACK, FRAME_SKIP = 2, 84, 4, 4
+
+
+# ---- Games and preprocessing ----
+# Random-agent and human scores of the 57 games (the standard references of human-normalised scores).
+REFERENCE_SCORES = {
+    "Alien": (227.8, 7127.7), "Amidar": (5.8, 1719.5), "Assault": (222.4, 742.0), "Asterix": (210.0, 8503.3),
+    "Asteroids": (719.1, 47388.7), "Atlantis": (12850.0, 29028.1), "BankHeist": (14.2, 753.1),
+    "BattleZone": (2360.0, 37187.5), "BeamRider": (363.9, 16926.5), "Berzerk": (123.7, 2630.4),
+    "Bowling": (23.1, 160.7), "Boxing": (0.1, 12.1), "Breakout": (1.7, 30.5), "Centipede": (2090.9, 12017.0),
+    "ChopperCommand": (811.0, 7387.8), "CrazyClimber": (10780.5, 35829.4), "Defender": (2874.5, 18688.9),
+    "DemonAttack": (152.1, 1971.0), "DoubleDunk": (-18.6, -16.4), "Enduro": (0.0, 860.5),
+    "FishingDerby": (-91.7, -38.7), "Freeway": (0.0, 29.6), "Frostbite": (65.2, 4334.7), "Gopher": (257.6, 2412.5),
+    "Gravitar": (173.0, 3351.4), "Hero": (1027.0, 30826.4), "IceHockey": (-11.2, 0.9), "Jamesbond": (29.0, 302.8),
+    "Kangaroo": (52.0, 3035.0), "Krull": (1598.0, 2665.5), "KungFuMaster": (258.5, 22736.3),
+    "MontezumaRevenge": (0.0, 4753.3), "MsPacman": (307.3, 6951.6), "NameThisGame": (2292.3, 8049.0),
+    "Phoenix": (761.4, 7242.6), "Pitfall": (-229.4, 6463.7), "Pong": (-20.7, 14.6), "PrivateEye": (24.9, 69571.3),
+    "Qbert": (163.9, 13455.0), "Riverraid": (1338.5, 17118.0), "RoadRunner": (11.5, 7845.0), "Robotank": (2.2, 11.9),
+    "Seaquest": (68.4, 42054.7), "Skiing": (-17098.1, -4336.9), "Solaris": (1236.3, 12326.7),
+    "SpaceInvaders": (148.0, 1668.7), "StarGunner": (664.0, 10250.0), "Surround": (-10.0, 6.5),
+    "Tennis": (-23.8, -8.3), "TimePilot": (3568.0, 5229.2), "Tutankham": (11.4, 167.6), "UpNDown": (533.4, 11693.2),
+    "Venture": (0.0, 1187.5), "VideoPinball": (0.0, 17667.9), "WizardOfWor": (563.5, 4756.5),
+    "YarsRevenge": (3092.9, 54576.9), "Zaxxon": (32.5, 9173.3),
+}
+ATARI_100K_26 = ["Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
+                 "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero", "Jamesbond",
+                 "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert", "RoadRunner",
+                 "Seaquest", "UpNDown"]
+SUITES = {
+    "ATARI_5": ["BattleZone", "DoubleDunk", "NameThisGame", "Phoenix", "Qbert"],  # Aitchison et al., 2023
+    "ATARI_100K_26": ATARI_100K_26,  # the Atari-100k benchmark (Kaiser et al., 2020)
+    "ATARI_57": list(REFERENCE_SCORES),
+    "ATARI_QUICK": ["Pong", "Breakout", "Boxing"],  # quick to learn, for a first run on one GPU
+}
+
+
+def resolve_env_ids(env_ids: list[str]) -> list[str]:
+    """Expand suite names and check every game against ALE's registry before anything heavy starts."""
+    gym.register_envs(ale_py)
+    valid = sorted(k[4:-3] for k in gym.registry if k.startswith("ALE/") and k.endswith("-v5"))
+    games = [g for name in env_ids for g in SUITES.get(name, [name])]
+    unknown = [g for g in games if g not in valid]
+    if unknown or not games:
+        hints = [f"{g} -> {m[0]}?" for g in unknown for m in [difflib.get_close_matches(g, valid, 1)] if m]
+        raise SystemExit(f"unknown Atari game(s) {unknown or env_ids}{' (' + ', '.join(hints) + ')' if hints else ''}. "
+                         f"Use ALE names such as Pong or MsPacman, or a suite: {', '.join(SUITES)}.")
+    if len(set(games)) != len(games):
+        raise SystemExit(f"game list {games} names a game twice; each game must appear once")
+    return games
+
+
+def area_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in] weights of area resampling: each output pixel averages the input span it covers."""
+    edges = np.linspace(0, size_in, size_out + 1)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pixels = np.arange(size_in)[None]
+    overlap = np.clip(np.minimum(hi, pixels + 1) - np.maximum(lo, pixels), 0, None)
+    return (overlap / (hi - lo)).astype(np.float32)
+
+
+class AtariGame:
+    """One ALE game with the standard preprocessing (Mnih et al., 2015; Machado et al., 2018).
+
+    reset() -> frame; step(action) -> (frame, reward, terminated, truncated, life_lost). A frame is the
+    84x84 uint8 grayscale max of the last two emulator frames of an action repeated 4 times. The training loop
+    stacks frames itself, so that replay can store each frame once.
+    """
+
+    def __init__(self, game: str, seed: int, full_action_space: bool = True, repeat_action_probability: float = 0.25,
+                 noop_max: int = 30, max_episode_frames: int = 108_000):
+        gym.register_envs(ale_py)
+        self.env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=repeat_action_probability,
+                            full_action_space=full_action_space, max_num_frames_per_episode=max_episode_frames)
+        self.env.reset(seed=seed)  # seeds the emulator (sticky actions, game randomness)
+        self.game, self.ale = game, self.env.unwrapped.ale
+        self.action_set = self.env.unwrapped._action_set
+        self.num_actions = len(self.action_set)
+        self.noop_max, self.noop_rng = noop_max, np.random.default_rng(seed)
+        self.resize_rows, self.resize_cols = area_resize_matrix(210, FRAME_SIZE), area_resize_matrix(160, FRAME_SIZE).T
+        self.screens = np.zeros((2, 210, 160), np.uint8)
+        self.lives = 0
+
+    def _frame(self) -> np.ndarray:
+        pooled = self.screens.max(axis=0).astype(np.float32)  # removes the flicker of sprites drawn every other frame
+        return np.rint(self.resize_rows @ pooled @ self.resize_cols).astype(np.uint8)
+
+    def reset(self, seed: Optional[int] = None) -> np.ndarray:
+        if seed is not None:
+            self.env.reset(seed=seed)
+            self.noop_rng = np.random.default_rng(seed)
+        self.ale.reset_game()
+        for _ in range(self.noop_rng.integers(1, self.noop_max + 1) if self.noop_max else 0):
+            self.ale.act(self.action_set[0])
+            if self.ale.game_over():
+                self.ale.reset_game()
+        self.ale.getScreenGrayscale(self.screens[0])
+        self.screens[1] = self.screens[0]
+        self.lives = self.ale.lives()
+        return self._frame()
+
+    def step(self, action: int):
+        reward = 0.0
+        for skip in range(FRAME_SKIP):
+            reward += self.ale.act(self.action_set[action])
+            if skip == FRAME_SKIP - 2:
+                self.ale.getScreenGrayscale(self.screens[0])
+            if self.ale.game_over():
+                break
+        self.ale.getScreenGrayscale(self.screens[1])
+        if skip < FRAME_SKIP - 2:  # the game ended early: nothing to max-pool with
+            self.screens[0] = self.screens[1]
+        terminated = self.ale.game_over(with_truncation=False)
+        truncated = self.ale.game_truncated() and not terminated
+        life_lost = self.ale.lives() < self.lives
+        self.lives = self.ale.lives()
+        return self._frame(), reward, terminated, truncated, life_lost
+
+    def render(self) -> np.ndarray:
+        return self.ale.getScreenRGB()
+
+    def get_state(self) -> dict:
+        """The emulator's state with its RNG (sticky actions), the no-op RNG and the life counter."""
+        ale_state = np.frombuffer(self.ale.cloneState(include_rng=True).serialize(), np.uint8).copy()
+        return {"ale": torch.from_numpy(ale_state), "noop_rng": self.noop_rng.bit_generator.state,
+                "lives": self.lives, "screens": torch.from_numpy(self.screens.copy())}
+
+    def set_state(self, state: dict):
+        self.ale.restoreState(ale_py.ALEState(state["ale"].numpy().tobytes()))
+        self.noop_rng.bit_generator.state = state["noop_rng"]
+        self.lives, self.screens = state["lives"], state["screens"].numpy().copy()
+
+
+# ---- Networks ----
+class EnsembleLinear(nn.Module):
+    """`members` independent Linear layers in one batched matmul: x [members, batch, in] -> [members, batch, out].
+
+    Orthogonal init (gain sqrt(2) by default), zero bias, each member drawn on its own.
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, out_features))
+        with torch.no_grad():
+            for w in self.weight:
+                w.copy_(nn.init.orthogonal_(torch.empty(out_features, in_features, device=w.device), gain).T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the features with a separate scale and shift per ensemble member."""
+
+    def __init__(self, members: int, features: int, eps: float = 1e-6):  # eps as flax's LayerNorm
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, features))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+
+class BroNetBlock(nn.Module):
+    """BroNet residual block: x + LN(Linear(ReLU(LN(Linear(x)))))."""
+
+    def __init__(self, members: int, width: int):
+        super().__init__()
+        self.linear1, self.norm1 = EnsembleLinear(members, width, width), EnsembleLayerNorm(members, width)
+        self.linear2, self.norm2 = EnsembleLinear(members, width, width), EnsembleLayerNorm(members, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm2(self.linear2(F.relu(self.norm1(self.linear1(x)))))
+
+
+class BroNet(nn.Module):
+    """BroNet (Nauman et al., 2024): Linear -> LN -> ReLU, then `depth` residual blocks, for `members` nets at once."""
+
+    def __init__(self, members: int, in_features: int, width: int, depth: int):
+        super().__init__()
+        self.linear, self.norm = EnsembleLinear(members, in_features, width), EnsembleLayerNorm(members, width)
+        self.blocks = nn.Sequential(*[BroNetBlock(members, width) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.relu(self.norm(self.linear(x))))
+
+
+class ImpalaResidual(nn.Module):
+    """x + Conv(ReLU(Conv(ReLU(x)))), 3x3 convolutions that keep the shape."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class ImpalaEncoder(nn.Module):
+    """Impala-style ResNet (Espeholt et al., 2018): three stages of conv -> 3x3 max-pool (stride 2) -> 2 residual
+    blocks, then ReLU and flatten. [batch, 4, 84, 84] uint8 -> [batch, 2*width * 11 * 11] features."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        stages, in_channels = [], FRAME_STACK
+        for channels in (width, 2 * width, 2 * width):
+            stages += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                       ImpalaResidual(channels), ImpalaResidual(channels)]
+            in_channels = channels
+        self.stages = nn.Sequential(*stages)
+        self.num_features = 2 * width * 11 * 11  # 84 -> 42 -> 21 -> 11
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.stages(frames.float() / 255)).flatten(1)
+
+
+class QNetwork(nn.Module):
+    """Categorical Q-network conditioned on a learnable game embedding.
+
+    Pixels -> shared encoder -> [features, game_embedding] -> BroNet head -> logits over the return support for
+    every action, [batch, actions, num_bins]. The game embedding is unit length, as BRC's task embedding.
+    """
+
+    def __init__(self, num_games, num_actions, width, encoder_width=16, num_bins=101, embedding_dim=32):
+        super().__init__()
+        self.num_actions, self.num_bins = num_actions, num_bins
+        self.encoder = ImpalaEncoder(encoder_width)
+        self.game_embedding = nn.Embedding(num_games, embedding_dim) if num_games > 1 else None
+        self.embedding_dim = embedding_dim if num_games > 1 else 0
+        self.trunk = BroNet(1, self.encoder.num_features + self.embedding_dim, width, CRITIC_DEPTH)
+        self.head = EnsembleLinear(1, width, num_actions * num_bins)
+
+    def embed(self, game_ids: torch.Tensor) -> torch.Tensor:
+        """Unit-length game embeddings [batch, embedding_dim] (zero-width with a single game)."""
+        if self.game_embedding is None:
+            return torch.zeros(len(game_ids), 0, device=game_ids.device)
+        return F.normalize(self.game_embedding(game_ids), dim=-1)
+
+    def forward(self, frames: torch.Tensor, game_ids: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.encoder(frames), self.embed(game_ids)], dim=-1)
+        return self.head(self.trunk(x[None]))[0].view(len(x), self.num_actions, self.num_bins)
+
+
+def q_values(logits: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Expected return of every action, sum_j z_j * softmax(logits)_j: [batch, actions, bins] -> [batch, actions]."""
+    return (logits.softmax(-1) * support).sum(-1)
+
+
+def count_parameters(module: Optional[nn.Module]) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def model_parameter_counts(num_games, num_actions, width, encoder_width=16, num_bins=101, embedding_dim=32) -> dict:
+    """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
+    with torch.device("meta"):
+        net = QNetwork(num_games, num_actions, width, encoder_width, num_bins, embedding_dim)
+    return {"encoder": count_parameters(net.encoder), "game_embedding": count_parameters(net.game_embedding),
+            "head": count_parameters(net.trunk) + count_parameters(net.head), "total": count_parameters(net)}
+
+
+def encoder_activation_floats(encoder_width: int) -> int:
+    """Floats one sample keeps for the backward pass of the encoder: per stage a conv at the input resolution,
+    then pooling and two residual blocks (~6 maps) at the halved resolution."""
+    total, size = 0, FRAME_SIZE
+    for channels in (encoder_width, 2 * encoder_width, 2 * encoder_width):
+        pooled = (size + 1) // 2
+        total, size = total + channels * (size * size + 6 * pooled * pooled), pooled
+    return total
+
+
+# ---- Categorical projection (C51) ----
+def categorical_projection(target_atoms: torch.Tensor, probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Project a distribution with mass `probs` at positions `target_atoms` [batch, bins] onto `support` [bins].
+
+    Each shifted atom is clipped to [v_min, v_max] and its mass split linearly between the two neighbouring
+    support atoms (Bellemare et al., 2017). An atom that lands exactly on a support point keeps all its mass there.
+    """
+    v_min, v_max, delta = support[0], support[-1], support[1] - support[0]
+    position = (target_atoms.clamp(v_min, v_max) - v_min) / delta  # fractional index into the support
+    lower = position.floor().clamp(0, len(support) - 1)
+    upper_weight = position - lower  # 0 when the atom lands exactly on `lower`
+    upper = (lower + 1).clamp(max=len(support) - 1)
+    projected = torch.zeros_like(probs)
+    projected.scatter_add_(-1, lower.long(), probs * (1 - upper_weight))
+    projected.scatter_add_(-1, upper.long(), probs * upper_weight)
+    return projected
+
+
+def double_dqn_target(next_online_logits, next_target_logits, returns, bootstrap, support) -> torch.Tensor:
+    """Categorical double-DQN target [batch, bins]: the online network picks a' = argmax_a Q(s', a), the target
+    network's distribution of a' is moved to R + bootstrap * z (R: the n-step return, bootstrap: gamma^k, or 0
+    after a termination) and projected back onto the support."""
+    next_actions = q_values(next_online_logits, support).argmax(-1)
+    next_probs = next_target_logits.softmax(-1)[torch.arange(len(next_actions)), next_actions]
+    return categorical_projection(returns[:, None] + bootstrap[:, None] * support, next_probs, support)
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # [batch, 4, 84, 84] uint8 frame stacks
+    actions: torch.Tensor  # [batch], int64
+    returns: torch.Tensor  # [batch], n-step return of normalised (or clipped) rewards
+    bootstrap: torch.Tensor  # [batch], gamma^k for the state k steps later, 0 after a termination
+    next_obs: torch.Tensor  # [batch, 4, 84, 84], the state k steps later
+    game_ids: torch.Tensor  # [batch], int64
+
+
+def critic_loss(q_network, target_network, batch: Batch, support):
+    """Cross-entropy between the online distribution of the taken action and the projected double-DQN target.
+
+    Returns the loss (mean over the batch) and the mean Q of the taken actions.
+    """
+    with torch.no_grad():
+        target_probs = double_dqn_target(q_network(batch.next_obs, batch.game_ids),
+                                         target_network(batch.next_obs, batch.game_ids), batch.returns,
+                                         batch.bootstrap, support)
+    logits = q_network(batch.obs, batch.game_ids)[torch.arange(len(batch.actions)), batch.actions]  # [batch, bins]
+    loss = -(target_probs * logits.log_softmax(-1)).sum(-1).mean()
+    return loss, (logits.detach().softmax(-1) * support).sum(-1).mean()
+
+
+def epsilon_schedule(step: int, learning_starts: int, decay_steps: int, epsilon_end: float) -> float:
+    """Epsilon-greedy rate: 1 until learning starts, then linearly down to `epsilon_end` over `decay_steps`."""
+    progress = min(max((step - learning_starts) / decay_steps, 0.0), 1.0)
+    return 1.0 + progress * (epsilon_end - 1.0)
+
+
+# ---- Reward normalisation ----
+def returns_to_go(rewards, gamma: float, bootstrap: float) -> np.ndarray:
+    """Discounted returns-to-go G_t = r_t + gamma * G_{t+1}, with G_T = `bootstrap` after the last reward."""
+    returns, g = np.empty(len(rewards), np.float64), bootstrap
+    for t in range(len(rewards) - 1, -1, -1):
+        g = rewards[t] + gamma * g
+        returns[t] = g
+    return returns
+
+
+class RewardNormalizer:
+    """Per-game reward scale from the largest discounted return-to-go seen (BRC's reward normalisation).
+
+    When an episode of game i ends, its returns-to-go update G_max_i and G_min_i; G_bar_i = max(G_max_i, |G_min_i|).
+    A truncated episode bootstraps its tail with mean(rewards)/(1 - gamma), a terminated one with 0.
+    Until game i finishes its first episode (the released code divides by infinity then, zeroing every
+    reward), we treat its episode so far as if truncated now and use that estimate. Statistics are float64.
+    """
+
+    def __init__(self, num_games: int, gamma: float):
+        self.gamma = gamma
+        self.max_return = np.full(num_games, -np.inf)
+        self.min_return = np.full(num_games, np.inf)
+        self.episode_rewards = [[] for _ in range(num_games)]
+
+    def record(self, game: int, reward: float):
+        self.episode_rewards[game].append(reward)
+
+    def end_episode(self, game: int, terminated: bool):
+        returns = self._returns(game, terminated)
+        self.max_return[game] = max(self.max_return[game], returns.max())
+        self.min_return[game] = min(self.min_return[game], returns.min())
+        self.episode_rewards[game] = []
+
+    def _returns(self, game: int, terminated: bool) -> np.ndarray:
+        rewards = np.asarray(self.episode_rewards[game], np.float64)
+        tail = 0.0 if terminated or len(rewards) == 0 else rewards.mean() / (1 - self.gamma)
+        return returns_to_go(rewards, self.gamma, tail) if len(rewards) else np.zeros(1)
+
+    def needs_fallback(self) -> bool:
+        return bool(np.isinf(self.max_return).any())
+
+    def max_abs_return(self) -> np.ndarray:
+        """G_bar per game [num_games], float64 (the partial-episode fallback for games without a finished episode)."""
+        g_bar = np.maximum(self.max_return, np.abs(self.min_return))
+        for game in np.flatnonzero(np.isinf(self.max_return)):
+            partial = self._returns(game, terminated=False)
+            g_bar[game] = max(partial.max(), abs(partial.min()))
+        return g_bar
+
+    def state_dict(self) -> dict:
+        return {"max_return": torch.from_numpy(self.max_return.copy()), "min_return": torch.from_numpy(self.min_return.copy()),
+                "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
+
+    def load_state_dict(self, state: dict):
+        self.max_return, self.min_return = state["max_return"].numpy().copy(), state["min_return"].numpy().copy()
+        self.episode_rewards = [r.tolist() for r in state["episode_rewards"]]
+
+
+def reward_scale(max_abs_return: torch.Tensor) -> torch.Tensor:
+    """Divisor of each game's rewards: G_bar_i / 10, so that returns span ~[-10, 10]. BRC's entropy term has no
+    counterpart in DQN; we floor G_bar at one point instead, so a game without rewards yet never divides by ~0."""
+    return max_abs_return.clamp(min=1.0) / 10
+
+
+# ---- Replay buffer ----
+class ReplayBuffer:
+    """Per-game rings of single uint8 frames [games, capacity, 84, 84] with per-frame action, reward and flags.
+
+    Entry t holds the newest frame of state s_t, the action a_t taken there and the reward r_t that followed.
+    Each frame is stored once; sampling rebuilds the 4-frame stacks (padded with the episode's first frame, as the
+    environment loop does) and the n-step returns. Flags per entry:
+      terminal: the transition from this entry ended in a termination (or a lost life): no bootstrap past it;
+      first:    this entry is an episode's first frame (stacks do not reach past it);
+      last:     the final frame of a truncated episode, kept only to bootstrap from; it holds no transition.
+    A game writes one entry per step plus a `last` one per truncation, so every game has its own cursor.
+    """
+
+    def __init__(self, num_games: int, capacity: int, device):
+        self.num_games, self.capacity, self.device = num_games, capacity, torch.device(device)
+        shape = (num_games, capacity)
+        self.frames = torch.zeros(*shape, FRAME_SIZE, FRAME_SIZE, dtype=torch.uint8, device=device)
+        self.actions = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.rewards = torch.zeros(shape, device=device)
+        self.terminal = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.first = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.last = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.pos = torch.zeros(num_games, dtype=torch.long, device=device)  # next entry to write, per game
+        self.size = torch.zeros(num_games, dtype=torch.long, device=device)
+
+    @staticmethod
+    def bytes_needed(num_games: int, capacity: int) -> int:
+        return num_games * capacity * (FRAME_SIZE * FRAME_SIZE + 1 + 4 + 3)
+
+    def add(self, frames, actions, rewards, terminal, first, last=None, games=None):
+        """Write one entry for each of `games` (default: all), numpy arrays with the game as first axis."""
+        games = torch.arange(self.num_games, device=self.device) if games is None else torch.as_tensor(games, device=self.device)
+        last = np.zeros(len(games), bool) if last is None else last
+        pos = self.pos[games]
+        for buf, value in zip(self._fields(), (frames, actions, rewards, terminal, first, last)):
+            buf[games, pos] = torch.as_tensor(np.asarray(value), device=self.device).to(buf.dtype)
+        self.pos[games] = (pos + 1) % self.capacity
+        self.size[games] = (self.size[games] + 1).clamp(max=self.capacity)
+
+    def stacks(self, games: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Frame stacks [batch, 4, 84, 84] ending at entries `index` of `games`; before an episode's first entry the
+        stack repeats that first frame."""
+        indices = [index]
+        for _ in range(FRAME_STACK - 1):
+            newest = indices[0]
+            indices.insert(0, torch.where(self.first[games, newest], newest, (newest - 1) % self.capacity))
+        return self.frames[games[:, None], torch.stack(indices, 1)]
+
+    def n_step(self, games, index, n: int, gamma: float, scale: torch.Tensor, clip: bool = False):
+        """n-step return sum_k gamma^k r_{t+k} / scale (or of rewards clipped to [-1, 1]), the bootstrap factor
+        (gamma^k, or 0 after a terminal entry) and the entry of the state to bootstrap from. The sum stops early at
+        a terminal entry or before a `last` one (a truncated episode's final frame)."""
+        returns = torch.zeros(len(index), device=self.device)
+        bootstrap, discount = torch.ones_like(returns), torch.ones_like(returns)
+        running, next_index = torch.ones_like(index, dtype=torch.bool), index
+        for k in range(n):
+            entry = (index + k) % self.capacity
+            following = (entry + 1) % self.capacity
+            reward = self.rewards[games, entry]
+            returns += running * discount * (reward.clamp(-1, 1) if clip else reward / scale)
+            discount = discount * gamma
+            terminal = self.terminal[games, entry]
+            bootstrap = torch.where(running, discount * ~terminal, bootstrap)
+            next_index = torch.where(running, following, next_index)
+            running = running & ~terminal & ~self.last[games, following]
+        return returns, bootstrap, next_index
+
+    def sample(self, batch_size: int, n: int, gamma: float, scale: torch.Tensor, clip: bool, device) -> Batch:
+        """Uniform over (game, entry) pairs whose n following entries exist and, once the ring is full, whose stack
+        does not reach the overwritten oldest entries. `scale` [games] divides each game's rewards."""
+        games = torch.randint(self.num_games, (batch_size,), device=self.device)
+        size = self.size[games]
+        oldest = torch.where(size == self.capacity, FRAME_STACK, 0)  # chronological rank of the first valid entry
+        rank = oldest + (torch.rand(batch_size, device=self.device) * (size - n - oldest)).long()
+        index = (self.pos[games] - size + rank) % self.capacity
+        # A truncated episode's final frame holds no action: take the transition that led to it instead.
+        index = torch.where(self.last[games, index], (index - 1) % self.capacity, index)
+        returns, bootstrap, next_index = self.n_step(games, index, n, gamma, scale.to(self.device)[games], clip)
+        fields = (self.stacks(games, index), self.actions[games, index].long(), returns, bootstrap,
+                  self.stacks(games, next_index), games)
+        return Batch(*(x.to(device, non_blocking=True) for x in fields))
+
+    def _fields(self):
+        return self.frames, self.actions, self.rewards, self.terminal, self.first, self.last
+
+    def state_dict(self) -> dict:
+        used = int(self.size.max())  # entries beyond every game's size are still zero
+        return {"pos": self.pos.cpu(), "size": self.size.cpu(), "data": [buf[:, :used].cpu() for buf in self._fields()]}
+
+    def load_state_dict(self, state: dict):
+        self.pos.copy_(state["pos"])
+        self.size.copy_(state["size"])
+        for buf, saved in zip(self._fields(), state["data"]):
+            buf[:, : saved.shape[1]] = saved.to(self.device)
+
+
+# ---- Checkpoints ----
+CHECKPOINT_KEYS = {"version", "run_name", "env_ids", "critic_width", "encoder_width", "global_step", "q_network",
+                   "target_network", "optimizer", "normalizer", "rng", "envs", "obs", "first", "episode_returns",
+                   "replay_buffer"}
+
+
+def save_checkpoint(path: str, state: dict):
+    """Write atomically: a crash while saving never leaves a half-written checkpoint behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, env_ids: list[str], critic_width: int, encoder_width: int) -> dict:
+    """Load a checkpoint and check that it belongs to this run's games and model size."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"--resume {path}: no such file")
+    except Exception as error:
+        raise SystemExit(f"--resume {path}: not a readable bro_atari checkpoint ({type(error).__name__}: {error}). "
+                         "It may be truncated or corrupt; use another checkpoint or start a new run.")
+    missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise SystemExit(f"--resume {path}: not a bro_atari checkpoint (missing {sorted(missing)})")
+    if ckpt["env_ids"] != env_ids:
+        raise SystemExit(f"--resume {path}: the checkpoint was trained on {ckpt['env_ids']} but this run asks for "
+                         f"{env_ids}; pass the same --env-ids (same order) to continue it")
+    if (ckpt["critic_width"], ckpt["encoder_width"]) != (critic_width, encoder_width):
+        raise SystemExit(f"--resume {path}: the checkpoint's head width is {ckpt['critic_width']} and encoder width "
+                         f"{ckpt['encoder_width']} but this run's are {critic_width} and {encoder_width}; pass the "
+                         "same --model-size / --critic-width / --encoder-width to continue it")
+    return ckpt
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on the device (CUDA) or available RAM (CPU, from /proc/meminfo where present)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+# ---- Evaluation ----
+def push_frame(stack: np.ndarray, frame: np.ndarray):
+    """Shift a [4, 84, 84] frame stack by one and put `frame` last (in place)."""
+    stack[:-1] = stack[1:]
+    stack[-1] = frame
+
+
+def greedy_actions(q_network, stacks: np.ndarray, support, device) -> np.ndarray:
+    """argmax_a Q(s, a) for every game's current stack [games, 4, 84, 84]."""
+    with torch.no_grad():
+        game_ids = torch.arange(len(stacks), device=device)
+        return q_values(q_network(torch.as_tensor(stacks, device=device), game_ids), support).argmax(-1).cpu().numpy()
+
+
+def human_normalized(game: str, score: float) -> Optional[float]:
+    """(score - random) / (human - random); None for a game without reference scores."""
+    if game not in REFERENCE_SCORES:
+        return None
+    random_score, human_score = REFERENCE_SCORES[game]
+    return (score - random_score) / (human_score - random_score)
+
+
+def interquartile_mean(values) -> float:
+    """Mean of the middle 50%: drop int(n/4) scores at each end (scipy.stats.trim_mean(x, 0.25), as rliable)."""
+    values, cut = np.sort(values), len(values) // 4
+    return float(values[cut: len(values) - cut].mean())
+
+
+def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None) -> np.ndarray:
+    """Mean game score over `num_episodes` whole games (no life-loss terminals) per game; games step in lockstep."""
+    scores, rng = np.zeros((len(envs), num_episodes)), np.random.default_rng(seed)
+    num_actions = envs[0].num_actions
+    for episode in range(num_episodes):
+        stacks = np.stack([np.repeat(env.reset(seed=seed + 1000 * i if episode == 0 else None)[None], FRAME_STACK, 0)
+                           for i, env in enumerate(envs)])
+        done, frames = np.zeros(len(envs), bool), [[] for _ in envs]
+        while not done.all():
+            actions = greedy_actions(q_network, stacks, support, device)
+            explore = rng.random(len(envs)) < epsilon
+            actions = np.where(explore, rng.integers(num_actions, size=len(envs)), actions)
+            for i, env in enumerate(envs):
+                if done[i]:
+                    continue
+                if video_dir is not None and episode == 0:
+                    frames[i].append(env.render())
+                frame, reward, terminated, truncated, _ = env.step(actions[i])
+                push_frame(stacks[i], frame)
+                scores[i, episode] += reward
+                done[i] = terminated or truncated
+        if video_dir is not None and episode == 0:
+            import imageio
+
+            os.makedirs(video_dir, exist_ok=True)
+            for env, env_frames in zip(envs, frames):
+                imageio.mimsave(os.path.join(video_dir, f"{env.game}.mp4"), env_frames, fps=15)
+    return scores.mean(axis=1)
+
+
+# ---- Training loop ----
+def main(args: Args, make_env: Optional[Callable] = None):
+    """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
+    object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
+    env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
+    if args.model_size not in MODEL_SIZES:
+        raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    width = args.critic_width or MODEL_SIZES[args.model_size]
+    num_games = len(env_ids)
+    batch_size = args.batch_size or (256 if num_games > 1 else 64)
+    if min(args.total_timesteps, args.updates_per_step, args.eval_interval, args.log_interval, args.n_step,
+           args.eval_episodes, args.epsilon_decay_steps) < 1:
+        raise SystemExit("--total-timesteps, --updates-per-step, --eval-interval, --log-interval, --n-step, "
+                         "--eval-episodes and --epsilon-decay-steps must be at least 1")
+    if args.learning_starts <= args.n_step + FRAME_STACK or args.buffer_size <= args.n_step + FRAME_STACK:
+        raise SystemExit(f"--learning-starts and --buffer-size must exceed --n-step + {FRAME_STACK} (a sample needs "
+                         "its stack and its n following entries in the buffer)")
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals slow wide CPU matmuls by up to ~9x
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
+
+    # -- Environments: one per game; several games share ALE's full 18-action set --
+    if make_env is None:
+        def make_env(game, seed):
+            return AtariGame(game, seed, num_games > 1, args.repeat_action_probability, args.noop_max,
+                             args.max_episode_frames)
+    envs = [make_env(game, args.seed + i) for i, game in enumerate(env_ids)]
+    eval_envs = [make_env(game, args.seed + 10_000 + i) for i, game in enumerate(env_ids)]
+    num_actions = envs[0].num_actions
+    if any(env.num_actions != num_actions for env in envs):
+        raise SystemExit(f"games with different action counts {[env.num_actions for env in envs]}")
+
+    # -- Memory: refuse up front what cannot fit --
+    counts = model_parameter_counts(num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim)
+    model_bytes = 4 * 5 * counts["total"]  # weights, target, gradients, 2 AdamW moments
+    activation_bytes = 4 * 3 * batch_size * (encoder_activation_floats(args.encoder_width)
+                                             + width * (4 * CRITIC_DEPTH + 4) + num_actions * args.num_bins)
+    buffer_bytes = ReplayBuffer.bytes_needed(num_games, args.buffer_size)
+    free = available_memory(device)
+    if model_bytes + activation_bytes > free:
+        raise SystemExit(f"the network (head width {width}, encoder width {args.encoder_width}) needs "
+                         f"~{gib(model_bytes + activation_bytes)} for weights, optimiser state and activations but "
+                         f"{device} has {gib(free)} free; pick a smaller --model-size, --encoder-width or --batch-size")
+    buffer_device = device
+    if buffer_bytes > free - model_bytes - activation_bytes:
+        buffer_device = torch.device("cpu")
+        if device.type == "cpu" or buffer_bytes > available_memory(buffer_device):
+            raise SystemExit(f"the replay buffer ({num_games} games x {args.buffer_size:,} frames) needs "
+                             f"{gib(buffer_bytes)} but only {gib(available_memory(buffer_device))} of RAM is "
+                             "available; lower --buffer-size")
+
+    print(f"games ({num_games}, {num_actions} actions): {', '.join(env_ids)}")
+    print(f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
+          f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
+          f"{counts['head']:,}, game embedding {counts['game_embedding']:,})")
+    print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
+
+    # -- Networks and optimiser --
+    support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
+    net_args = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim)
+    q_network, target_network = QNetwork(*net_args).to(device), QNetwork(*net_args).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    target_network.requires_grad_(False)
+    optimizer = torch.optim.AdamW(q_network.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
+    normalizer = RewardNormalizer(num_games, args.gamma)
+
+    obs = np.stack([np.repeat(env.reset()[None], FRAME_STACK, 0) for env in envs])  # [games, 4, 84, 84]
+    first = np.ones(num_games, bool)  # does obs[i] begin an episode?
+    episode_returns = np.zeros(num_games)
+    global_step, run_name = 0, f"{env_ids[0] if num_games == 1 else f'{num_games}games'}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    learning_starts = args.learning_starts
+
+    def checkpoint_state() -> dict:
+        return {
+            "version": 1, "run_name": run_name, "env_ids": env_ids, "critic_width": width,
+            "encoder_width": args.encoder_width, "args": asdict(args), "global_step": global_step,
+            "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
+            "optimizer": optimizer.state_dict(), "normalizer": normalizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "numpy": rng.bit_generator.state},
+            "envs": [env.get_state() for env in envs], "obs": torch.from_numpy(obs.copy()),
+            "first": torch.from_numpy(first.copy()), "episode_returns": torch.from_numpy(episode_returns.copy()),
+            "replay_buffer": rb.state_dict() if args.save_buffer else None,
+        }
+
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, env_ids, width, args.encoder_width)
+        run_name, global_step = ckpt["run_name"], ckpt["global_step"]
+        q_network.load_state_dict(ckpt["q_network"])
+        target_network.load_state_dict(ckpt["target_network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        normalizer.load_state_dict(ckpt["normalizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        for env, state in zip(envs, ckpt["envs"]):
+            env.set_state(state)
+        obs, first = ckpt["obs"].numpy().copy(), ckpt["first"].numpy().copy()
+        episode_returns = ckpt["episode_returns"].numpy().copy()
+        if ckpt["replay_buffer"] is not None:
+            rb.load_state_dict(ckpt["replay_buffer"])
+        else:
+            learning_starts = global_step + args.learning_starts
+            first[:] = True  # the stored stacks must not reach into the lost buffer
+            print(f"the checkpoint holds no replay buffer: collecting {args.learning_starts} steps with the current "
+                  "policy before updates restart (save with --save-buffer to continue exactly)")
+        print(f"resumed {run_name} at step {global_step:,} from {args.resume}")
+    checkpoint_path = os.path.join("runs", run_name, "checkpoint.pt")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join("runs", run_name), purge_step=global_step if args.resume else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
+                   sync_tensorboard=True, save_code=True, id=run_name, resume="allow")
+
+    # Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent.
+    stop_requested = []
+    previous_handlers = {s: signal.signal(s, lambda signum, frame: stop_requested.append(signum))
+                         for s in (signal.SIGINT, signal.SIGTERM)}
+    scale = torch.ones(num_games, device=device)
+    metrics_sum, metrics_count = torch.zeros(2, device=device), 0
+    start_time, start_step, updates = time.time(), global_step, 0
+    try:
+        while global_step < args.total_timesteps and not stop_requested:
+            # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
+            epsilon = epsilon_schedule(global_step, learning_starts, args.epsilon_decay_steps, args.epsilon_end)
+            explore = rng.random(num_games) < epsilon
+            actions = rng.integers(num_actions, size=num_games)
+            if not explore.all():
+                actions = np.where(explore, actions, greedy_actions(q_network, obs, support, device))
+
+            # -- step envs and record --
+            frames, rewards = obs[:, -1].copy(), np.zeros(num_games, np.float32)
+            terminal, truncated_games, final_frames = np.zeros(num_games, bool), [], []
+            next_first = np.zeros(num_games, bool)
+            for i, env in enumerate(envs):
+                frame, r, terminated, truncated, life_lost = env.step(actions[i])
+                rewards[i], terminal[i] = r, terminated or (life_lost and args.terminal_on_life_loss)
+                normalizer.record(i, r)
+                episode_returns[i] += r
+                if terminal[i] or truncated:  # with lives as terminals, each life is an episode of the normaliser
+                    normalizer.end_episode(i, terminal[i])
+                if terminated or truncated:
+                    writer.add_scalar(f"charts/episodic_return/{env_ids[i]}", episode_returns[i], global_step)
+                    episode_returns[i] = 0
+                    if not terminated:
+                        truncated_games.append(i)
+                        final_frames.append(frame)
+                    obs[i] = env.reset()[None]
+                    next_first[i] = True
+                else:
+                    push_frame(obs[i], frame)
+
+            # -- store: entry t of each game, then the final frame of each truncated episode --
+            rb.add(frames, actions, rewards, terminal, first)
+            if truncated_games:
+                zeros = np.zeros(len(truncated_games))
+                rb.add(np.stack(final_frames), zeros, zeros, zeros, zeros, np.ones(len(truncated_games)), truncated_games)
+            first = next_first
+            global_step += 1
+
+            # -- update --
+            if global_step > learning_starts:
+                if not args.clip_rewards and (terminal.any() or truncated_games or normalizer.needs_fallback() or updates == 0):
+                    scale = reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device))
+                for _ in range(args.updates_per_step):
+                    batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
+                    loss, q_mean = critic_loss(q_network, target_network, batch, support)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if not args.target_network_frequency:
+                        with torch.no_grad():
+                            torch._foreach_lerp_(list(target_network.parameters()), list(q_network.parameters()), args.tau)
+                    updates += 1
+                    step_metrics = torch.stack([loss, q_mean]).detach()
+                    metrics_sum += step_metrics
+                    metrics_count += 1
+                if args.target_network_frequency and global_step % args.target_network_frequency == 0:
+                    target_network.load_state_dict(q_network.state_dict())
+                if not torch.isfinite(step_metrics).all():
+                    nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
+                    save_checkpoint(nan_path, checkpoint_state())
+                    raise SystemExit(f"non-finite loss at step {global_step} (critic {loss.item()}); "
+                                     f"state saved to {nan_path}")
+
+            # -- evaluate, log, checkpoint --
+            if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
+                video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}") if args.capture_video else None
+                scores = evaluate(q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device,
+                                  args.seed + global_step, video_dir)
+                line = []
+                for game, score in zip(env_ids, scores):
+                    writer.add_scalar(f"eval/return/{game}", score, global_step)
+                    hns = human_normalized(game, score)
+                    if hns is not None:
+                        writer.add_scalar(f"eval/human_normalized/{game}", hns, global_step)
+                    line.append(f"{game} {score:.1f}" + (f" ({hns:.2f})" if hns is not None else ""))
+                hns_all = [h for h in (human_normalized(g, s) for g, s in zip(env_ids, scores)) if h is not None]
+                summary = f"mean return {scores.mean():.1f}"
+                writer.add_scalar("eval/mean_return", scores.mean(), global_step)
+                if hns_all:
+                    aggregates = {"mean": np.mean(hns_all), "median": np.median(hns_all), "iqm": interquartile_mean(hns_all)}
+                    for name, value in aggregates.items():
+                        writer.add_scalar(f"eval/hns_{name}", value, global_step)
+                    summary = "human-normalised " + " ".join(f"{k} {v:.3f}" for k, v in aggregates.items())
+                print(f"eval @ {global_step:,}: {summary} | " + " ".join(line), flush=True)
+            if global_step % args.log_interval == 0:
+                elapsed = time.time() - start_time
+                sps = (global_step - start_step) / elapsed
+                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/updates_per_second", updates / elapsed, global_step)
+                writer.add_scalar("charts/epsilon", epsilon, global_step)
+                line = f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | ETA {eta / 3600:.1f}h"
+                if metrics_count:
+                    values = (metrics_sum / metrics_count).tolist()
+                    writer.add_scalar("losses/critic_loss", values[0], global_step)
+                    writer.add_scalar("charts/q_mean", values[1], global_step)
+                    if not args.clip_rewards:
+                        for game, s in zip(env_ids, scale.tolist()):
+                            writer.add_scalar(f"charts/reward_scale/{game}", s, global_step)
+                    line += f" | critic {values[0]:.3f} Q {values[1]:.2f} epsilon {epsilon:.3f}"
+                    metrics_sum.zero_()
+                    metrics_count = 0
+                print(line, flush=True)
+            if args.save_every and global_step % args.save_every == 0:
+                save_checkpoint(checkpoint_path, checkpoint_state())
+        save_checkpoint(checkpoint_path, checkpoint_state())
+        if stop_requested:
+            print(f"stopped at step {global_step:,}; checkpoint saved to {checkpoint_path} "
+                  f"(continue with --resume {checkpoint_path})")
+        else:
+            print(f"done: {global_step:,} steps; checkpoint saved to {checkpoint_path}")
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+        writer.close()
+        if args.track:
+            wandb.finish()
+    return checkpoint_path
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,180 @@
+"""End-to-end tests of bro_mt.py's training loop: smoke run, exact resume, signals, NaN stop, clear errors, learning."""
+
+import dataclasses
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import bro_mt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(env_ids=["DMC_TINY"], critic_width=32, batch_size=32, learning_starts=50, eval_interval=150,
+            eval_episodes=1, log_interval=50, max_episode_steps=60, buffer_size=1000)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ is written relative to the working directory
+
+
+def run(**overrides) -> str:
+    return bro_mt.main(bro_mt.Args(**{**TINY, **overrides}))
+
+
+def scalars(run_dir: str) -> dict:
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_smoke_two_tasks_of_different_sizes_learns_and_writes_everything():
+    path = run(total_timesteps=300, save_every=100)
+    ckpt = torch.load(path, weights_only=True)
+    # cartpole-balance has obs 5 / action 1, point_mass-easy obs 4 / action 2: padded to 5 and 2.
+    assert ckpt["critic"]["task_embedding.weight"].shape == (2, 32)
+    assert ckpt["actor"]["mean.weight"].shape == (1, 256, 2)
+    # Every step after learning_starts ran updates_per_step real AdamW steps.
+    assert ckpt["critic_optimizer"]["state"][0]["step"].item() == 2 * (300 - 50)
+    fresh = bro_mt.Critic(5, 2, 2, 32)
+    assert not torch.equal(fresh.state_dict()["trunk.linear.weight"], ckpt["critic"]["trunk.linear.weight"])
+
+    logged = scalars(os.path.dirname(path))
+    for task in ["cartpole-balance", "point_mass-easy"]:
+        assert len(logged[f"eval/return/{task}"]) == 2  # steps 150 and 300
+        assert len(logged[f"charts/episodic_return/{task}"]) == 300 // 60
+        assert all(np.isfinite(logged[f"charts/reward_scale/{task}"]))
+    for tag in ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/alpha",
+                "charts/q_mean", "charts/SPS", "charts/updates_per_second"]:
+        assert len(logged[tag]) >= 4 and np.isfinite(logged[tag]).all(), tag
+    # The temperature moved from its initial 0.1: the alpha update ran.
+    assert abs(logged["charts/alpha"][-1] - 0.1) > 1e-3
+
+
+def test_resume_matches_uninterrupted_run():
+    full = torch.load(run(total_timesteps=200, save_buffer=True), weights_only=True)
+    half = run(total_timesteps=110, save_buffer=True)
+    resumed = torch.load(run(total_timesteps=200, save_buffer=True, resume=half), weights_only=True)
+    assert resumed["global_step"] == full["global_step"] == 200
+    for key in ["actor", "critic", "target_critic"]:
+        for name, value in full[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=0, msg=f"{key}.{name}")
+    assert torch.equal(resumed["log_alpha"], full["log_alpha"])
+    torch.testing.assert_close(resumed["normalizer"]["max_return"], full["normalizer"]["max_return"])
+    torch.testing.assert_close(resumed["obs"], full["obs"], rtol=0, atol=0)
+
+
+def test_resume_without_buffer_refills_before_updating(capsys):
+    half = run(total_timesteps=100)
+    assert torch.load(half, weights_only=True)["replay_buffer"] is None
+    resumed = torch.load(run(total_timesteps=200, resume=half), weights_only=True)
+    assert "holds no replay buffer" in capsys.readouterr().out
+    # 100 - 50 steps of updates before the stop, then 200 - (100 + 50) after the refill.
+    assert resumed["critic_optimizer"]["state"][0]["step"].item() == 2 * (50 + 50)
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "bro_mt.py"), "--env-ids", "cartpole-balance", "point_mass-easy",
+           "--critic-width", "32", "--batch-size", "32", "--learning-starts", "50", "--log-interval", "20",
+           "--total-timesteps", "100000", "--buffer-size", "100000", "--eval-interval", "100000", "--save-buffer"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 100/"):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, "".join(lines)
+    stop_line = next(line for line in lines if line.startswith("stopped at step"))
+    path = glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))[0]
+    ckpt = torch.load(path, weights_only=True)
+    assert f"stopped at step {ckpt['global_step']:,}" in stop_line and ckpt["global_step"] >= 100
+    assert ckpt["replay_buffer"]["size"] == ckpt["global_step"]
+    resumed = bro_mt.main(bro_mt.Args(env_ids=["cartpole-balance", "point_mass-easy"], critic_width=32, batch_size=32,
+                                      learning_starts=50, buffer_size=100000, eval_episodes=1,
+                                      total_timesteps=ckpt["global_step"] + 10, resume=path))
+    assert torch.load(resumed, weights_only=True)["global_step"] == ckpt["global_step"] + 10
+
+
+def test_nan_loss_stops_with_the_step_and_saves(monkeypatch):
+    real_critic_loss, calls = bro_mt.critic_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss, q = real_critic_loss(*args, **kwargs)
+        return (loss * float("nan"), q) if len(calls) > 20 else (loss, q)
+
+    monkeypatch.setattr(bro_mt, "critic_loss", poisoned)
+    with pytest.raises(SystemExit, match="non-finite loss at step 61 ") as error:
+        run(total_timesteps=300)
+    saved = glob.glob("runs/*/nan_step61.pt")
+    assert saved and str(saved[0]).split("runs/")[1] in str(error.value)
+    assert torch.load(saved[0], weights_only=True)["global_step"] == 61
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(env_ids=["dog-fly"]), "unknown task id.*dog-fly.*DMC_DOGS"),
+    (dict(env_ids=["cartpole-balance", "DMC_TINY"]), "names a task twice"),
+    (dict(model_size="3M", critic_width=None), "unknown --model-size '3M'; choose one of 1M, 4M"),
+    (dict(env_ids=["cartpole-balance"], model_size="1B", critic_width=None, batch_size=1024), "smaller --model-size"),
+    (dict(buffer_size=10**12), r"replay buffer \(2 tasks x 1,000,000,000,000 transitions\) needs .* GiB"),
+    (dict(resume="missing.pt"), "no such file"),
+])
+def test_bad_input_is_refused_with_a_clear_message(overrides, message):
+    with pytest.raises(SystemExit, match=message):
+        run(total_timesteps=10, **overrides)
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused():
+    path = run(total_timesteps=60)
+    with pytest.raises(SystemExit, match="trained on .*cartpole-balance.* but this run asks for"):
+        run(env_ids=["cartpole-balance"], resume=path)
+    with pytest.raises(SystemExit, match="critic width is 32 but this run's is 64"):
+        run(critic_width=64, resume=path)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open("truncated.pt", "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match="truncated or corrupt"):
+        run(resume="truncated.pt")
+    torch.save({"weights": torch.zeros(3)}, "other.pt")
+    with pytest.raises(SystemExit, match="not a bro_mt checkpoint"):
+        run(resume="other.pt")
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "bro_mt.py"), "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    for f in dataclasses.fields(bro_mt.Args):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in out, flag
+    assert "deterministic evaluation episodes per task" in out and "1M" in out and "1B" in out
+    bad = subprocess.run([sys.executable, os.path.join(REPO, "bro_mt.py"), "--model-size", "3M"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "3M" in bad.stderr and "64M" in bad.stderr
+
+
+def test_capture_video_writes_one_mp4_per_task():
+    try:
+        bro_mt.DMCEnv("cartpole-balance", 0).render(size=16)
+    except Exception as error:
+        pytest.skip(f"MuJoCo cannot render on this machine: {error}")
+    path = run(total_timesteps=60, eval_interval=60, capture_video=True, learning_starts=100, max_episode_steps=20)
+    videos = sorted(os.path.basename(v) for v in glob.glob(os.path.join(os.path.dirname(path), "videos", "step60", "*")))
+    assert videos == ["cartpole-balance.mp4", "point_mass-easy.mp4"]
+
+
+def test_learns_cartpole_balance_on_cpu():
+    """A small critic clearly beats the random policy (~330) on cartpole-balance within a few CPU minutes."""
+    start = time.time()
+    path = run(env_ids=["cartpole-balance"], critic_width=128, batch_size=128, total_timesteps=6000,
+               learning_starts=1000, eval_interval=6000, eval_episodes=3, log_interval=1000, buffer_size=10000,
+               max_episode_steps=None)
+    final = scalars(os.path.dirname(path))["eval/return/cartpole-balance"][-1]
+    assert final > 700, f"eval return {final:.0f} after 6000 steps ({time.time() - start:.0f} s)"
