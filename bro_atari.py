@@ -13,7 +13,7 @@ ours, taken from standard practice, and named here with its reason:
     protocol, it keeps the games stochastic so that memorised action sequences do not score. --repeat-action-probability 0
     gives the Atari-100k setting.
   - preprocessing as Mnih et al. (2015) / Machado et al.: up to 30 no-op frames at reset, 4 frames per action
-    with a max over the last two, 84x84 grayscale (area resampling, as cv2.INTER_AREA), 4-frame stacks padded
+    with a max over the last two, 84x84 grayscale (Pillow's box filter: area averaging, as cv2.INTER_AREA), 4-frame stacks padded
     with the episode's first frame, episodes cut at 108k frames. A lost life ends the bootstrap in training
     (not the episode, not evaluation), as DQN did; --no-terminal-on-life-loss follows Machado et al.
   - one game: its minimal action set and no embedding; several: ALE's full 18-action set shared by all games.
@@ -53,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from PIL import Image
 
 
 @dataclass
@@ -195,15 +196,6 @@ def resolve_env_ids(env_ids: list[str]) -> list[str]:
     return games
 
 
-def area_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in] weights of area resampling: each output pixel averages the input span it covers."""
-    edges = np.linspace(0, size_in, size_out + 1)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    pixels = np.arange(size_in)[None]
-    overlap = np.clip(np.minimum(hi, pixels + 1) - np.maximum(lo, pixels), 0, None)
-    return (overlap / (hi - lo)).astype(np.float32)
-
-
 class AtariGame:
     """One ALE game with the standard preprocessing (Mnih et al., 2015; Machado et al., 2018).
 
@@ -222,13 +214,12 @@ class AtariGame:
         self.action_set = self.env.unwrapped._action_set
         self.num_actions = len(self.action_set)
         self.noop_max, self.noop_rng = noop_max, np.random.default_rng(seed)
-        self.resize_rows, self.resize_cols = area_resize_matrix(210, FRAME_SIZE), area_resize_matrix(160, FRAME_SIZE).T
         self.screens = np.zeros((2, 210, 160), np.uint8)
         self.lives = 0
 
     def _frame(self) -> np.ndarray:
-        pooled = self.screens.max(axis=0).astype(np.float32)  # removes the flicker of sprites drawn every other frame
-        return np.rint(self.resize_rows @ pooled @ self.resize_cols).astype(np.uint8)
+        pooled = Image.fromarray(self.screens.max(axis=0))  # the max removes sprites' flicker between frames
+        return np.asarray(pooled.resize((FRAME_SIZE, FRAME_SIZE), Image.Resampling.BOX))  # area averaging
 
     def reset(self, seed: Optional[int] = None) -> np.ndarray:
         if seed is not None:
