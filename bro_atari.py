@@ -9,11 +9,10 @@ by cross-entropy). Rewards are normalised per game so that every game's returns 
 
 The authors released no Atari code. The BRC ingredients follow the paper and bro_mt.py; every other choice is
 ours, taken from standard practice, and named here with its reason:
-  - sticky actions 0.25 (Machado et al., 2018; ALE v5's default) rather than Atari-100k's 0: the modern
-    protocol, it keeps the games stochastic so that memorised action sequences do not score. --repeat-action-probability 0
-    gives the Atari-100k setting.
-  - preprocessing as Mnih et al. (2015) / Machado et al.: up to 30 no-op frames at reset, 4 frames per action
-    with a max over the last two, 84x84 grayscale (Pillow's box filter: area averaging, as cv2.INTER_AREA), 4-frame stacks padded
+  - sticky actions 0.25 (Machado et al., 2018; ALE v5's default), the modern protocol: the games stay stochastic,
+    so memorised action sequences do not score. --repeat-action-probability 0 is the Atari-100k setting.
+  - preprocessing as Mnih et al. (2015): up to 30 no-op frames at reset, 4 frames per action with a max over the
+    last two, 84x84 grayscale (Pillow's box filter: area averaging, close to cv2.INTER_AREA), 4-frame stacks padded
     with the episode's first frame, episodes cut at 108k frames. A lost life ends the bootstrap in training
     (not the episode, not evaluation), as DQN did; --no-terminal-on-life-loss follows Machado et al.
   - one game: its minimal action set and no embedding; several: ALE's full 18-action set shared by all games.
@@ -397,16 +396,6 @@ def model_parameter_counts(num_games, num_actions, width, encoder_width=16, num_
             "head": count_parameters(net.trunk) + count_parameters(net.head), "total": count_parameters(net)}
 
 
-def encoder_activation_floats(encoder_width: int) -> int:
-    """Floats one sample keeps for the backward pass of the encoder: per stage a conv at the input resolution,
-    then pooling and two residual blocks (~6 maps) at the halved resolution."""
-    total, size = 0, FRAME_SIZE
-    for channels in (encoder_width, 2 * encoder_width, 2 * encoder_width):
-        pooled = (size + 1) // 2
-        total, size = total + channels * (size * size + 6 * pooled * pooled), pooled
-    return total
-
-
 # ---- Categorical projection (C51) ----
 def categorical_projection(target_atoms: torch.Tensor, probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Project a distribution with mass `probs` at positions `target_atoms` [batch, bins] onto `support` [bins].
@@ -455,6 +444,21 @@ def critic_loss(q_network, target_network, batch: Batch, support):
     logits = q_network(batch.obs, batch.game_ids)[torch.arange(len(batch.actions)), batch.actions]  # [batch, bins]
     loss = -(target_probs * logits.log_softmax(-1)).sum(-1).mean()
     return loss, (logits.detach().softmax(-1) * support).sum(-1).mean()
+
+
+def update(batch: Batch, q_network, target_network, optimizer, support, tau: float) -> torch.Tensor:
+    """One gradient step on the critic loss, then the Polyak target update (skipped with tau = 0).
+
+    Returns [critic loss, mean Q] as one tensor, with no host sync.
+    """
+    loss, q_mean = critic_loss(q_network, target_network, batch, support)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if tau:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(target_network.parameters()), list(q_network.parameters()), tau)
+    return torch.stack([loss, q_mean]).detach()
 
 
 def epsilon_schedule(step: int, learning_starts: int, decay_steps: int, epsilon_end: float) -> float:
@@ -771,8 +775,8 @@ def main(args: Args, make_env: Optional[Callable] = None):
     # -- Memory: refuse up front what cannot fit --
     counts = model_parameter_counts(num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim)
     model_bytes = 4 * 5 * counts["total"]  # weights, target, gradients, 2 AdamW moments
-    activation_bytes = 4 * 3 * batch_size * (encoder_activation_floats(args.encoder_width)
-                                             + width * (4 * CRITIC_DEPTH + 4) + num_actions * args.num_bins)
+    encoder_floats = 30_000 * args.encoder_width  # the encoder's feature maps of one sample, ~29k per channel
+    activation_bytes = 4 * 3 * batch_size * (encoder_floats + width * (4 * CRITIC_DEPTH + 4) + num_actions * args.num_bins)
     buffer_bytes = ReplayBuffer.bytes_needed(num_games, args.buffer_size)
     free = available_memory(device)
     if model_bytes + activation_bytes > free:
@@ -867,7 +871,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
     try:
         while global_step < args.total_timesteps and not stop_requested:
             # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
-            epsilon = epsilon_schedule(global_step, learning_starts, args.epsilon_decay_steps, args.epsilon_end)
+            epsilon = epsilon_schedule(global_step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end)
             explore = rng.random(num_games) < epsilon
             actions = rng.integers(num_actions, size=num_games)
             if not explore.all():
@@ -909,15 +913,9 @@ def main(args: Args, make_env: Optional[Callable] = None):
                     scale = reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device))
                 for _ in range(args.updates_per_step):
                     batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
-                    loss, q_mean = critic_loss(q_network, target_network, batch, support)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if not args.target_network_frequency:
-                        with torch.no_grad():
-                            torch._foreach_lerp_(list(target_network.parameters()), list(q_network.parameters()), args.tau)
+                    polyak_tau = 0.0 if args.target_network_frequency else args.tau
+                    step_metrics = update(batch, q_network, target_network, optimizer, support, polyak_tau)
                     updates += 1
-                    step_metrics = torch.stack([loss, q_mean]).detach()
                     metrics_sum += step_metrics
                     metrics_count += 1
                 if args.target_network_frequency and global_step % args.target_network_frequency == 0:
@@ -925,7 +923,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 if not torch.isfinite(step_metrics).all():
                     nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
                     save_checkpoint(nan_path, checkpoint_state())
-                    raise SystemExit(f"non-finite loss at step {global_step} (critic {loss.item()}); "
+                    raise SystemExit(f"non-finite loss at step {global_step} (critic {step_metrics[0].item()}); "
                                      f"state saved to {nan_path}")
 
             # -- evaluate, log, checkpoint --
@@ -933,22 +931,19 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}") if args.capture_video else None
                 scores = evaluate(q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device,
                                   args.seed + global_step, video_dir)
-                line = []
+                hns = {game: human_normalized(game, score) for game, score in zip(env_ids, scores)}
+                known = [h for h in hns.values() if h is not None]  # games with reference scores
+                summary = {"mean_return": scores.mean()}
+                if known:
+                    summary |= {"hns_mean": np.mean(known), "hns_median": np.median(known), "hns_iqm": interquartile_mean(known)}
                 for game, score in zip(env_ids, scores):
                     writer.add_scalar(f"eval/return/{game}", score, global_step)
-                    hns = human_normalized(game, score)
-                    if hns is not None:
-                        writer.add_scalar(f"eval/human_normalized/{game}", hns, global_step)
-                    line.append(f"{game} {score:.1f}" + (f" ({hns:.2f})" if hns is not None else ""))
-                hns_all = [h for h in (human_normalized(g, s) for g, s in zip(env_ids, scores)) if h is not None]
-                summary = f"mean return {scores.mean():.1f}"
-                writer.add_scalar("eval/mean_return", scores.mean(), global_step)
-                if hns_all:
-                    aggregates = {"mean": np.mean(hns_all), "median": np.median(hns_all), "iqm": interquartile_mean(hns_all)}
-                    for name, value in aggregates.items():
-                        writer.add_scalar(f"eval/hns_{name}", value, global_step)
-                    summary = "human-normalised " + " ".join(f"{k} {v:.3f}" for k, v in aggregates.items())
-                print(f"eval @ {global_step:,}: {summary} | " + " ".join(line), flush=True)
+                    if hns[game] is not None:
+                        writer.add_scalar(f"eval/human_normalized/{game}", hns[game], global_step)
+                for name, value in summary.items():
+                    writer.add_scalar(f"eval/{name}", value, global_step)
+                print(f"eval @ {global_step:,}: " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()) + " | " + " ".join(
+                    f"{g} {s:.1f}" + ("" if hns[g] is None else f" ({hns[g]:.2f})") for g, s in zip(env_ids, scores)), flush=True)
             if global_step % args.log_interval == 0:
                 elapsed = time.time() - start_time
                 sps = (global_step - start_step) / elapsed

@@ -30,6 +30,7 @@ from typing import Literal, NamedTuple, Optional
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -182,8 +183,6 @@ class DMCEnv(gym.Env):
 
     def get_state(self) -> dict:
         """The simulator's full integration state and the task's RNG, so that a resumed run steps identically."""
-        import mujoco
-
         physics_state = self.env.physics.get_state(sig=mujoco.mjtState.mjSTATE_INTEGRATION)
         _, keys, pos, has_gauss, cached = self.env.task.random.get_state()
         return {"physics": torch.from_numpy(physics_state), "rng_keys": torch.from_numpy(keys.astype(np.int64)),
@@ -191,14 +190,12 @@ class DMCEnv(gym.Env):
                 "dm_step": self.env._step_count}
 
     def set_state(self, state: dict):
-        import mujoco
-
         self.env.reset()
         self.env.physics.set_state(state["physics"].numpy(), sig=mujoco.mjtState.mjSTATE_INTEGRATION)
         self.env.physics.forward()
         keys = state["rng_keys"].numpy().astype(np.uint32)
         self.env.task.random.set_state(("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_cached"]))
-        self.episode_step, self.env._step_count = state["step"], state["dm_step"]
+        self.episode_step, self.env._step_count = state["step"], state["dm_step"]  # dm_control's own time limit
 
 
 # ---- Networks ----
@@ -621,9 +618,10 @@ def main(args: Args):
     width = args.critic_width or MODEL_SIZES[args.model_size]
     num_tasks = len(env_ids)
     batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
-    if min(args.learning_starts, args.total_timesteps, args.updates_per_step, args.eval_interval, args.log_interval) < 1:
-        raise SystemExit("--learning-starts, --total-timesteps, --updates-per-step, --eval-interval and "
-                         "--log-interval must be at least 1")
+    if min(width, args.learning_starts, args.total_timesteps, args.updates_per_step, args.eval_interval,
+           args.eval_episodes, args.log_interval) < 1:
+        raise SystemExit("--critic-width, --learning-starts, --total-timesteps, --updates-per-step, --eval-interval, "
+                         "--eval-episodes and --log-interval must be at least 1")
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     torch.backends.cudnn.deterministic = args.torch_deterministic

@@ -234,6 +234,15 @@ def test_suites_and_errors():
 
 
 # ---- Full pipeline ----
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a small, busy CI machine two threads per process can be many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_args(**kwargs) -> Args:
     defaults = dict(env_ids=["Pong", "Breakout"], critic_width=32, encoder_width=2, batch_size=16, buffer_size=500,
                     learning_starts=10, total_timesteps=40, eval_interval=40, eval_episodes=1, log_interval=20,
@@ -242,12 +251,12 @@ def tiny_args(**kwargs) -> Args:
     return Args(**defaults)
 
 
-def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys):
+def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)
     full = torch.load(main(tiny_args(exp_name="full", save_buffer=True)), weights_only=True)
     out = capsys.readouterr().out
     assert "parameters (encoder" in out and "replay buffer ~" in out
-    assert "eval @ 40: human-normalised mean" in out and "Pong" in out and "critic" in out
+    assert "eval @ 40: mean_return" in out and "hns_iqm" in out and "Pong" in out and "critic" in out
     run_dir = os.path.dirname(glob.glob("runs/*full*/checkpoint.pt")[0])
     assert glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
     assert full["global_step"] == 40 and all(torch.isfinite(p).all() for p in full["q_network"].values())
@@ -275,14 +284,14 @@ def test_refuses_a_buffer_that_cannot_fit(monkeypatch):
         main(tiny_args(buffer_size=1_000_000))
 
 
-def test_learns_a_pixel_game_with_two_game_embeddings(tmp_path, monkeypatch, capsys):
-    """Both games show the same frames but reward different actions: only the game embedding tells them apart."""
+def test_learns_a_pixel_game_with_two_game_embeddings(tmp_path, monkeypatch, capsys, one_thread):
+    """Both games show the same frames but reward different actions: only the game embedding tells them apart,
+    so a policy that ignores it scores at most 10 in one game and 0 in the other."""
     monkeypatch.chdir(tmp_path)
-    args = Args(env_ids=["A", "B"], critic_width=64, encoder_width=2, batch_size=64, buffer_size=5000,
-                learning_starts=200, total_timesteps=900, updates_per_step=1, eval_interval=900, eval_episodes=5,
-                log_interval=300, epsilon_decay_steps=300, learning_rate=1e-3, cuda=False, seed=3)
+    args = Args(env_ids=["A", "B"], critic_width=64, encoder_width=2, batch_size=32, buffer_size=5000,
+                learning_starts=100, total_timesteps=800, eval_interval=800, eval_episodes=10, log_interval=400,
+                epsilon_decay_steps=200, learning_rate=1e-3, cuda=False, seed=3)
     main(args, make_env=lambda game, seed: PixelGame(game, seed))
-    out = capsys.readouterr().out
-    line = next(line for line in out.splitlines() if line.startswith("eval @ 900"))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("eval @ 800"))
     scores = [float(line.split(f" {g} ")[1].split()[0]) for g in "AB"]
-    assert min(scores) >= 8.0, line  # 10 = always right, 2.5 = random
+    assert min(scores) >= 7.0, line  # 10 = always right, 2.5 = random
