@@ -403,14 +403,16 @@ def categorical_projection(target_atoms: torch.Tensor, probs: torch.Tensor, supp
     Each shifted atom is clipped to [v_min, v_max] and its mass split linearly between the two neighbouring
     support atoms (Bellemare et al., 2017). An atom that lands exactly on a support point keeps all its mass there.
     """
-    v_min, v_max, delta = support[0], support[-1], support[1] - support[0]
+    v_min, v_max = support[0], support[-1]
+    delta = (v_max - v_min) / (len(support) - 1)  # not support[1] - support[0]: that rounds worse in float32
     position = (target_atoms.clamp(v_min, v_max) - v_min) / delta  # fractional index into the support
-    lower = position.floor().clamp(0, len(support) - 1)
+    lower = position.floor()
     upper_weight = position - lower  # 0 when the atom lands exactly on `lower`
+    lower = lower.long().clamp(0, len(support) - 1)  # clamping the integers also keeps a NaN target in bounds
     upper = (lower + 1).clamp(max=len(support) - 1)
     projected = torch.zeros_like(probs)
-    projected.scatter_add_(-1, lower.long(), probs * (1 - upper_weight))
-    projected.scatter_add_(-1, upper.long(), probs * upper_weight)
+    projected.scatter_add_(-1, lower, probs * (1 - upper_weight))
+    projected.scatter_add_(-1, upper, probs * upper_weight)
     return projected
 
 
