@@ -171,10 +171,15 @@ def test_capture_video_writes_one_mp4_per_task():
 
 
 def test_learns_cartpole_balance_on_cpu():
-    """A small critic clearly beats the random policy (~330) on cartpole-balance within a few CPU minutes."""
+    """A width-64 critic clearly beats the random policy on cartpole-balance in 10k steps (~2-4 CPU minutes).
+
+    Random actions score ~330 (5 episodes: 331 +- 17). With the paper's tau = 0.005 and lr 3e-4 a critic this small
+    needs far longer (eval ~600 after 10k steps), so this test uses a faster target (tau 0.05) and lr 1e-3; it
+    measured 546, 429, 413, 866, 982 at 2k..10k steps (torch 2.13 CPU, seed 1).
+    """
     start = time.time()
-    path = run(env_ids=["cartpole-balance"], critic_width=128, batch_size=128, total_timesteps=6000,
-               learning_starts=1000, eval_interval=6000, eval_episodes=3, log_interval=1000, buffer_size=10000,
-               max_episode_steps=None)
+    path = run(env_ids=["cartpole-balance"], critic_width=64, batch_size=64, updates_per_step=1, tau=0.05,
+               learning_rate=1e-3, total_timesteps=10_000, learning_starts=500, eval_interval=10_000, eval_episodes=2,
+               log_interval=2000, buffer_size=20_000, max_episode_steps=None)
     final = scalars(os.path.dirname(path))["eval/return/cartpole-balance"][-1]
-    assert final > 700, f"eval return {final:.0f} after 6000 steps ({time.time() - start:.0f} s)"
+    assert final > 700, f"eval return {final:.0f} after 10k steps ({time.time() - start:.0f} s)"
