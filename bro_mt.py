@@ -104,6 +104,16 @@ class Args:
     """highest atom of the support"""
     embedding_dim: int = 32
     """size of the learnable task embedding (multi-task only)"""
+    critic_loss: Literal["categorical", "mse"] = "categorical"
+    """categorical: a distribution over the support trained by cross-entropy (BRC); mse: one output, squared TD error"""
+    task_conditioning: Literal["embedding", "multihead", "none"] = "embedding"
+    """how the critic knows the task: a learned embedding (BRC), one output head per task, or not at all"""
+    reward_norm: bool = True
+    """divide each task's rewards by its return-based scale (BRC); --no-reward-norm trains on raw rewards"""
+    init_from: Optional[str] = None
+    """transfer: start the critic (trunk, head) and actor from a multi-task checkpoint; new tasks get new embeddings"""
+    freeze_trunk: bool = False
+    """with --init-from: keep the pretrained critic trunk fixed (the embeddings, the head and the actor still learn)"""
     eval_interval: int = 50_000
     """evaluate every N environment steps (and at the end)"""
     eval_episodes: int = 10
@@ -259,25 +269,37 @@ class Critic(nn.Module):
 
     Each member maps [obs, action, task_embedding] to logits over the return support. The critic owns the
     embedding: only the critic loss trains it, and the actor reads a detached copy.
+    Ablations (--task-conditioning): "multihead" gives each task its own output head on a shared trunk (the actor
+    then reads a one-hot task id); "none" tells neither network the task. num_bins=1 is the MSE critic.
     """
 
-    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE):
+    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE,
+                 conditioning=None):
         super().__init__()
-        self.members = members
-        self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if num_tasks > 1 else None
-        self.embedding_dim = embedding_dim if num_tasks > 1 else 0
-        self.trunk = BroNet(members, obs_dim + action_dim + self.embedding_dim, width, CRITIC_DEPTH)
-        self.head = EnsembleLinear(members, width, num_bins)
+        conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
+        self.members, self.num_tasks, self.num_bins, self.conditioning = members, num_tasks, num_bins, conditioning
+        self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if conditioning == "embedding" else None
+        # Width of embed(): what the actor reads about the task.
+        self.embedding_dim = {"embedding": embedding_dim, "multihead": num_tasks, "none": 0}[conditioning]
+        trunk_inputs = obs_dim + action_dim + (embedding_dim if conditioning == "embedding" else 0)
+        self.trunk = BroNet(members, trunk_inputs, width, CRITIC_DEPTH)
+        self.head = EnsembleLinear(members, width, num_bins * (num_tasks if conditioning == "multihead" else 1))
 
     def embed(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """Unit-length task embeddings [batch, embedding_dim] (zero-width with a single task)."""
+        """Unit-length task embeddings [batch, embedding_dim] (one-hot for multihead, zero-width for none)."""
+        if self.conditioning == "multihead":
+            return F.one_hot(task_ids, self.num_tasks).float()
         if self.task_embedding is None:
             return torch.zeros(len(task_ids), 0, device=task_ids.device)
         return F.normalize(self.task_embedding(task_ids), dim=-1)
 
     def forward(self, obs, action, task_ids) -> torch.Tensor:
-        x = torch.cat([obs, action, self.embed(task_ids)], dim=-1)
-        return self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, num_bins]
+        task_input = self.embed(task_ids) if self.task_embedding is not None else obs[:, :0]
+        x = torch.cat([obs, action, task_input], dim=-1)
+        out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, heads * num_bins]
+        if self.conditioning == "multihead":  # keep each sample's own task head
+            out = out.view(self.members, len(x), self.num_tasks, self.num_bins)[:, torch.arange(len(x)), task_ids]
+        return out  # [members, batch, num_bins]
 
 
 class Actor(nn.Module):
@@ -313,10 +335,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32) -> dict:
+def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32,
+                           conditioning=None) -> dict:
     """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
     with torch.device("meta"):
-        critic = Critic(obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim)
+        critic = Critic(obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim, conditioning=conditioning)
         actor = Actor(obs_dim, action_dim, critic.embedding_dim)
     ensemble = count_parameters(critic)
     embedding = count_parameters(critic.task_embedding) if critic.task_embedding is not None else 0
@@ -354,31 +377,44 @@ class Batch(NamedTuple):
     task_ids: torch.Tensor  # [batch], int64
 
 
+def q_value(critic_out: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Q [batch] from the critic's output [members, batch, bins]: the expectation of the members' mean
+    distribution, or the members' mean for the one-output MSE critic."""
+    if critic_out.shape[-1] == 1:
+        return critic_out[..., 0].mean(0)
+    return (critic_out.softmax(-1).mean(0) * support).sum(-1)
+
+
 def critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, reward_scale, support, gamma):
     """Cross-entropy between each member's distribution and the projected soft Bellman target.
 
     Target: mean over target members of softmax(logits(s', a')), atoms moved to r + gamma*m*(z - alpha*log pi(a'|s')).
+    The MSE ablation regresses each member on r + gamma*m*(Q_target(s', a') - alpha*log pi(a'|s')) instead.
     Returns the loss (summed over members, mean over the batch) and the mean Q of the online critic.
     """
     with torch.no_grad():
         next_actions, next_log_probs = actor.sample(batch.next_obs, critic.embed(batch.task_ids), action_mask)
-        target_probs = target_critic(batch.next_obs, next_actions, batch.task_ids).softmax(-1).mean(0)  # [batch, bins]
+        next_out = target_critic(batch.next_obs, next_actions, batch.task_ids)  # [members, batch, bins]
         rewards = batch.rewards / reward_scale
         bootstrap = gamma * (1 - batch.terminations)
-        soft_atoms = support - log_alpha.exp() * next_log_probs[:, None]  # [batch, bins]
-        target_atoms = rewards[:, None] + bootstrap[:, None] * soft_atoms
-        target_probs = categorical_projection(target_atoms, target_probs, support)
-    logits = critic(batch.obs, batch.actions, batch.task_ids)  # [members, batch, bins]
-    loss = -(target_probs * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
-    q = (logits.detach().softmax(-1).mean(0) * support).sum(-1)
-    return loss, q.mean()
+        entropy_bonus = -log_alpha.exp() * next_log_probs
+        if critic.num_bins == 1:
+            target_q = rewards + bootstrap * (q_value(next_out, support) + entropy_bonus)
+        else:
+            target_atoms = rewards[:, None] + bootstrap[:, None] * (support + entropy_bonus[:, None])  # [batch, bins]
+            target_probs = categorical_projection(target_atoms, next_out.softmax(-1).mean(0), support)
+    out = critic(batch.obs, batch.actions, batch.task_ids)  # [members, batch, bins]
+    if critic.num_bins == 1:
+        loss = (out[..., 0] - target_q).pow(2).mean(-1).sum()
+    else:
+        loss = -(target_probs * out.log_softmax(-1)).sum(-1).mean(-1).sum()
+    return loss, q_value(out.detach(), support).mean()
 
 
 def actor_loss(actor, critic, log_alpha, obs, task_ids, action_mask, support):
     """SAC actor loss mean(alpha * log pi(a|s) - Q(s, a)), Q = expectation of the members' mean distribution."""
     actions, log_probs = actor.sample(obs, critic.embed(task_ids).detach(), action_mask)
-    probs = critic(obs, actions, task_ids).softmax(-1).mean(0)  # [batch, bins]
-    q = (probs * support).sum(-1)
+    q = q_value(critic(obs, actions, task_ids), support)
     return (log_alpha.exp().detach() * log_probs - q).mean(), log_probs.detach()
 
 
@@ -391,11 +427,14 @@ def update(batch, critic, target_critic, actor, log_alpha, optimizers, action_ma
            support, gamma, tau) -> torch.Tensor:
     """One BRC update in the paper's order: critic -> Polyak target -> actor -> temperature.
 
-    Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor, with no host sync.
+    `max_abs_return` None means raw rewards (--no-reward-norm). Returns [critic loss, actor loss, temperature loss,
+    entropy, mean Q] as one tensor, with no host sync.
     """
     critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
     action_mask = action_masks[batch.task_ids]
-    scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, gamma)[batch.task_ids]
+    scale = 1.0
+    if max_abs_return is not None:
+        scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, gamma)[batch.task_ids]
     loss_q, q_mean = critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, scale, support, gamma)
     critic_optimizer.zero_grad(set_to_none=True)
     loss_q.backward()
@@ -403,12 +442,15 @@ def update(batch, critic, target_critic, actor, log_alpha, optimizers, action_ma
     with torch.no_grad():
         torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
 
-    critic.requires_grad_(False)  # the actor's loss needs gradients through the critic, not of its weights
+    trainable = [p for p in critic.parameters() if p.requires_grad]
+    for p in trainable:  # the actor's loss needs gradients through the critic, not of its weights
+        p.requires_grad_(False)
     loss_pi, log_probs = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, action_mask, support)
     actor_optimizer.zero_grad(set_to_none=True)
     loss_pi.backward()
     actor_optimizer.step()
-    critic.requires_grad_(True)
+    for p in trainable:
+        p.requires_grad_(True)
 
     loss_alpha = temperature_loss(log_alpha, log_probs, target_entropy[batch.task_ids])
     alpha_optimizer.zero_grad(set_to_none=True)
@@ -528,7 +570,7 @@ class ReplayBuffer:
 
 
 # ---- Checkpoints ----
-CHECKPOINT_KEYS = {"version", "run_name", "env_ids", "critic_width", "global_step", "actor", "critic",
+CHECKPOINT_KEYS = {"version", "run_name", "config", "global_step", "actor", "critic",
                    "target_critic", "log_alpha", "actor_optimizer", "critic_optimizer", "alpha_optimizer",
                    "normalizer", "rng", "envs", "obs", "episode_returns", "replay_buffer"}
 
@@ -540,25 +582,43 @@ def save_checkpoint(path: str, state: dict):
     os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path: str, env_ids: list[str], critic_width: int) -> dict:
-    """Load a checkpoint and check that it belongs to this run's tasks and model size."""
+def load_checkpoint(path: str, flag: str = "--resume") -> dict:
+    """Load a bro_mt checkpoint, or stop with a message that says what is wrong with it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise SystemExit(f"--resume {path}: no such file")
+        raise SystemExit(f"{flag} {path}: no such file")
     except Exception as error:
-        raise SystemExit(f"--resume {path}: not a readable bro_mt checkpoint ({type(error).__name__}: {error}). "
+        raise SystemExit(f"{flag} {path}: not a readable bro_mt checkpoint ({type(error).__name__}: {error}). "
                          "It may be truncated or corrupt; use another checkpoint or start a new run.")
     missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
     if missing:
-        raise SystemExit(f"--resume {path}: not a bro_mt checkpoint (missing {sorted(missing)})")
-    if ckpt["env_ids"] != env_ids:
-        raise SystemExit(f"--resume {path}: the checkpoint was trained on {ckpt['env_ids']} but this run asks for "
-                         f"{env_ids}; pass the same --env-ids (same order) to continue it")
-    if ckpt["critic_width"] != critic_width:
-        raise SystemExit(f"--resume {path}: the checkpoint's critic width is {ckpt['critic_width']} but this run's "
-                         f"is {critic_width}; pass the same --model-size / --critic-width to continue it")
+        raise SystemExit(f"{flag} {path}: not a bro_mt checkpoint (missing {sorted(missing)})")
     return ckpt
+
+
+def check_config(path: str, saved: dict, config: dict, flag: str = "--resume", keys=None):
+    """Refuse a checkpoint made for other tasks, sizes or ablation switches than this run's."""
+    for key in keys or config:
+        if saved.get(key) != config[key]:
+            raise SystemExit(f"{flag} {path}: the checkpoint's {key} is {saved.get(key)} but this run's is "
+                             f"{config[key]}; pass the flags it was trained with (see its 'args')")
+
+
+def transfer(ckpt: dict, critic: Critic, actor: Actor):
+    """--init-from: copy a pretrained critic (trunk and head) and actor into a run on new tasks.
+
+    Each new task's embedding starts at the mean direction of the pretrained embeddings (an "average known task"
+    that the pretrained head already maps to sensible values) plus noise, so that several new tasks can tell
+    themselves apart. Optimisers, temperature and reward statistics start fresh: the new tasks' returns are new.
+    """
+    pretrained = ckpt["critic"]
+    critic.load_state_dict({k: v for k, v in pretrained.items() if k != "task_embedding.weight"}, strict=False)
+    with torch.no_grad():
+        mean = F.normalize(pretrained["task_embedding.weight"], dim=-1).mean(0).to(critic.task_embedding.weight)
+        noise = torch.randn_like(critic.task_embedding.weight) * 0.1 * mean.norm() / math.sqrt(len(mean))
+        critic.task_embedding.weight.copy_(mean + noise)
+    actor.load_state_dict(ckpt["actor"])
 
 
 def available_memory(device: torch.device) -> int:
@@ -622,6 +682,8 @@ def main(args: Args):
            args.eval_episodes, args.log_interval) < 1:
         raise SystemExit("--critic-width, --learning-starts, --total-timesteps, --updates-per-step, --eval-interval, "
                          "--eval-episodes and --log-interval must be at least 1")
+    if args.freeze_trunk and not args.init_from:
+        raise SystemExit("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     torch.backends.cudnn.deterministic = args.torch_deterministic
@@ -635,13 +697,29 @@ def main(args: Args):
     obs_sizes = [env.observation_space.shape[0] for env in envs]
     action_sizes = [env.action_space.shape[0] for env in envs]
     obs_dim, action_dim = max(obs_sizes), max(action_sizes)
+    # One task needs no conditioning, except in transfer, where the pretrained critic expects an embedding.
+    conditioning = args.task_conditioning if num_tasks > 1 or args.init_from else "none"
+    num_bins = args.num_bins if args.critic_loss == "categorical" else 1
+    source = load_checkpoint(args.init_from, "--init-from") if args.init_from else None
+    if source:
+        check_config(args.init_from, source["config"], {"critic_width": width, "critic_loss": args.critic_loss,
+                     "task_conditioning": "embedding", "num_bins": args.num_bins, "embedding_dim": args.embedding_dim},
+                     "--init-from")
+        if conditioning != "embedding" or obs_dim > source["config"]["obs_dim"] or action_dim > source["config"]["action_dim"]:
+            raise SystemExit(f"--init-from {args.init_from}: the pretrained networks take observations of up to "
+                             f"{source['config']['obs_dim']} and actions of up to {source['config']['action_dim']} "
+                             f"dims with a task embedding; these tasks need {obs_dim} and {action_dim}")
+        obs_dim, action_dim = source["config"]["obs_dim"], source["config"]["action_dim"]  # pad to the pretrained sizes
+    config = {"env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss, "task_conditioning":
+              conditioning, "num_bins": args.num_bins, "embedding_dim": args.embedding_dim, "obs_dim": obs_dim,
+              "action_dim": action_dim}
     action_masks = torch.zeros(num_tasks, action_dim, device=device)  # 1 on each task's own action dims
     for i, size in enumerate(action_sizes):
         action_masks[i, :size] = 1
     target_entropy = -action_masks.sum(-1) / 2  # [tasks], -|A_i| / 2
 
     # -- Memory: refuse up front what cannot fit --
-    counts = model_parameter_counts(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim)
+    counts = model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, conditioning)
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
     buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
@@ -674,14 +752,18 @@ def main(args: Args):
 
     # -- Networks and optimisers --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-    critic = Critic(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim).to(device)
-    target_critic = Critic(obs_dim, action_dim, num_tasks, width, args.num_bins, args.embedding_dim).to(device)
+    critic, target_critic = [Critic(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim,
+                                    conditioning=conditioning).to(device) for _ in range(2)]
+    actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
+    if source:
+        transfer(source, critic, actor)
+        critic.trunk.requires_grad_(not args.freeze_trunk)
     target_critic.load_state_dict(critic.state_dict())
     target_critic.requires_grad_(False)
-    actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
     actor_optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=args.learning_rate,
+                                         weight_decay=args.weight_decay)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999))
     optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
     rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
@@ -703,7 +785,7 @@ def main(args: Args):
 
     def checkpoint_state() -> dict:
         return {
-            "version": 1, "run_name": run_name, "env_ids": env_ids, "critic_width": width, "args": asdict(args),
+            "version": 1, "run_name": run_name, "config": config, "args": asdict(args),
             "global_step": global_step, "log_alpha": log_alpha.detach().cpu(),
             **{name: obj.state_dict() for name, obj in stateful.items()},
             "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state,
@@ -714,7 +796,8 @@ def main(args: Args):
         }
 
     if args.resume:
-        ckpt = load_checkpoint(args.resume, env_ids, width)
+        ckpt = load_checkpoint(args.resume)
+        check_config(args.resume, ckpt["config"], config)
         run_name, global_step = ckpt["run_name"], ckpt["global_step"]
         for name, obj in stateful.items():
             obj.load_state_dict(ckpt[name])
@@ -750,7 +833,7 @@ def main(args: Args):
     stop_requested = []
     previous_handlers = {s: signal.signal(s, lambda signum, frame: stop_requested.append(signum))
                          for s in (signal.SIGINT, signal.SIGTERM)}
-    max_abs_return = torch.zeros(num_tasks, device=device)
+    max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
     metrics_sum, metrics_count = torch.zeros(5, device=device), 0
     start_time, start_step, updates = time.time(), global_step, 0
     try:
@@ -788,7 +871,7 @@ def main(args: Args):
 
             # -- update --
             if global_step > learning_starts:
-                if reset_obs or normalizer.needs_fallback() or updates == 0:
+                if args.reward_norm and (reset_obs or normalizer.needs_fallback() or updates == 0):
                     max_abs_return = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
                 for _ in range(args.updates_per_step):
                     batch = rb.sample(batch_size, device)
@@ -828,9 +911,10 @@ def main(args: Args):
                         writer.add_scalar(name, value, global_step)
                     alpha = log_alpha.exp().item()
                     writer.add_scalar("charts/alpha", alpha, global_step)
-                    scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
-                    for env_id, s in zip(env_ids, scales):
-                        writer.add_scalar(f"charts/reward_scale/{env_id}", s, global_step)
+                    if args.reward_norm:
+                        scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
+                        for env_id, s in zip(env_ids, scales):
+                            writer.add_scalar(f"charts/reward_scale/{env_id}", s, global_step)
                     line += f" | critic {values[0]:.3f} actor {values[1]:.3f} alpha {alpha:.4f} Q {values[4]:.2f}"
                     metrics_sum.zero_()
                     metrics_count = 0

@@ -45,7 +45,8 @@ def time_updates(width, batch_size, obs_dim, action_dim, num_tasks, device, seco
     support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)
 
     def step():
-        return bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support, 0.99, 0.005)
+        return bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support, 0.99,
+                             0.005)
 
     for _ in range(3):  # warm-up (allocator, kernels)
         step()
