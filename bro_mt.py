@@ -636,6 +636,21 @@ def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
 
 
+def place_replay_buffer(device: torch.device, model_bytes: int, buffer_bytes: int, what: str) -> torch.device:
+    """Keep the replay buffer on the training device when it fits next to the model, else in RAM; refuse up front
+    (with the estimates) what fits nowhere, rather than failing hours into a run."""
+    free = available_memory(device)
+    if model_bytes > free:
+        raise SystemExit(f"the networks need ~{gib(model_bytes)} for weights, optimiser state and activations but "
+                         f"{device} has {gib(free)} free; pick a smaller --model-size or --batch-size")
+    if buffer_bytes <= free - model_bytes:
+        return device
+    if device.type == "cpu" or buffer_bytes > available_memory(torch.device("cpu")):
+        raise SystemExit(f"the replay buffer {what} needs {gib(buffer_bytes)} but only "
+                         f"{gib(available_memory(torch.device('cpu')))} of RAM is available; lower --buffer-size")
+    return torch.device("cpu")
+
+
 # ---- Evaluation ----
 def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None):
     """Mean return over `num_episodes` deterministic episodes per task; all tasks step in lockstep."""
@@ -723,18 +738,8 @@ def main(args: Args):
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
     buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
-    free = available_memory(device)
-    if model_bytes + activation_bytes > free:
-        raise SystemExit(f"the critic (width {width}) needs ~{gib(model_bytes + activation_bytes)} for weights, "
-                         f"optimiser state and activations but {device} has {gib(free)} free; "
-                         "pick a smaller --model-size or --batch-size")
-    buffer_device = device
-    if buffer_bytes > free - model_bytes - activation_bytes:
-        buffer_device = torch.device("cpu")
-        if device.type == "cpu" or buffer_bytes > available_memory(buffer_device):
-            raise SystemExit(f"the replay buffer ({num_tasks} tasks x {args.buffer_size:,} transitions) needs "
-                             f"{gib(buffer_bytes)} but only {gib(available_memory(buffer_device))} of RAM is "
-                             "available; lower --buffer-size")
+    buffer_device = place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes,
+                                        f"({num_tasks} tasks x {args.buffer_size:,} transitions)")
 
     print(f"tasks ({num_tasks}): {', '.join(f'{t} (obs {o}, act {a})' for t, o, a in zip(env_ids, obs_sizes, action_sizes))}")
     print(f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
