@@ -11,10 +11,11 @@ Map of the file (search for the section markers "# ----"):
   Tasks and environments ... task suites, id validation, a flat-observation dm_control wrapper
   Networks ................. ensemble layers, BroNet, the categorical critic with task embedding, the actor
   Categorical projection ... C51: put the shifted target distribution back on the fixed support
-  Losses ................... critic cross-entropy, actor, temperature
+  Losses ................... critic cross-entropy (or the MSE ablation), actor, temperature; one update
   Reward normalisation ..... per-task scale from the largest discounted return seen
   Replay buffer ............ per-task ring buffers [tasks, capacity, dim] on the training device
-  Checkpoints .............. everything needed to continue a run exactly
+  Checkpoints .............. everything needed to continue a run exactly; transfer to new tasks; memory checks
+  Evaluation ............... deterministic episodes of every task in lockstep, optional videos
   Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
 """
 
@@ -68,8 +69,8 @@ class Args:
 
     # Algorithm specific arguments
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
-    """dm_control `domain-task` ids (dog-run, cartpole-swingup, ...) and/or suites: DMC_DOGS, DMC_HUMANOIDS,
-    DMC_HARD (dogs + humanoids: the 7 tasks of the reference curves), DMC_EASY, DMC_TINY. One task = single-task mode (no embedding)"""
+    """dm_control `domain-task` ids (dog-run, ...) and/or suites: DMC_DOGS, DMC_HUMANOIDS, DMC_HARD (both: the 7
+    tasks of the reference curves), DMC_EASY, DMC_TINY. One task = single-task mode (no embedding)"""
     model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
     """critic preset: its width W (1M: 512 ... 1B: 16384); the label is ~4*W^2, one member's hidden weights"""
     critic_width: Optional[int] = None
@@ -510,7 +511,8 @@ class RewardNormalizer:
         return g_bar
 
     def state_dict(self) -> dict:
-        return {"max_return": torch.from_numpy(self.max_return.copy()), "min_return": torch.from_numpy(self.min_return.copy()),
+        return {"max_return": torch.from_numpy(self.max_return.copy()),
+                "min_return": torch.from_numpy(self.min_return.copy()),
                 "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
 
     def load_state_dict(self, state: dict):
@@ -720,11 +722,12 @@ def main(args: Args):
         check_config(args.init_from, source["config"], {"critic_width": width, "critic_loss": args.critic_loss,
                      "task_conditioning": "embedding", "num_bins": args.num_bins, "embedding_dim": args.embedding_dim},
                      "--init-from")
-        if conditioning != "embedding" or obs_dim > source["config"]["obs_dim"] or action_dim > source["config"]["action_dim"]:
+        pretrained_obs, pretrained_actions = source["config"]["obs_dim"], source["config"]["action_dim"]
+        if conditioning != "embedding" or obs_dim > pretrained_obs or action_dim > pretrained_actions:
             raise SystemExit(f"--init-from {args.init_from}: the pretrained networks take observations of up to "
-                             f"{source['config']['obs_dim']} and actions of up to {source['config']['action_dim']} "
-                             f"dims with a task embedding; these tasks need {obs_dim} and {action_dim}")
-        obs_dim, action_dim = source["config"]["obs_dim"], source["config"]["action_dim"]  # pad to the pretrained sizes
+                             f"{pretrained_obs} and actions of up to {pretrained_actions} dims with a task embedding; "
+                             f"these tasks need {obs_dim} and {action_dim}")
+        obs_dim, action_dim = pretrained_obs, pretrained_actions  # pad the new tasks to the pretrained sizes
     config = {"env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss, "task_conditioning":
               conditioning, "num_bins": args.num_bins, "embedding_dim": args.embedding_dim, "obs_dim": obs_dim,
               "action_dim": action_dim}
@@ -741,7 +744,8 @@ def main(args: Args):
     buffer_device = place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes,
                                         f"({num_tasks} tasks x {args.buffer_size:,} transitions)")
 
-    print(f"tasks ({num_tasks}): {', '.join(f'{t} (obs {o}, act {a})' for t, o, a in zip(env_ids, obs_sizes, action_sizes))}")
+    sizes = (f"{t} (obs {o}, act {a})" for t, o, a in zip(env_ids, obs_sizes, action_sizes))
+    print(f"tasks ({num_tasks}): {', '.join(sizes)}")
     print(f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
           f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
           f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}")
@@ -780,7 +784,8 @@ def main(args: Args):
         obs[i, : len(o)] = o
     episode_returns = np.zeros(num_tasks)
     global_step, learning_starts = 0, args.learning_starts
-    run_name = f"{env_ids[0] if num_tasks == 1 else f'{num_tasks}tasks'}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    tasks_label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
+    run_name = f"{tasks_label}__{args.exp_name}__{args.seed}__{int(time.time())}"
     while os.path.exists(os.path.join("runs", run_name)):  # two runs started within the same second
         run_name += "+"
 
@@ -827,7 +832,8 @@ def main(args: Args):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(os.path.join("runs", run_name), purge_step=global_step if args.resume else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
     if args.track:
         import wandb
 
@@ -893,9 +899,9 @@ def main(args: Args):
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}") if args.capture_video else None
+                video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}")
                 eval_returns = evaluate(actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device,
-                                        args.seed + global_step, video_dir)
+                                        args.seed + global_step, video_dir if args.capture_video else None)
                 for env_id, ret in zip(env_ids, eval_returns):
                     writer.add_scalar(f"eval/return/{env_id}", ret, global_step)
                 writer.add_scalar("eval/mean_return", eval_returns.mean(), global_step)
@@ -910,7 +916,8 @@ def main(args: Args):
                 line = (f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | "
                         f"ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m")
                 if metrics_count:
-                    names = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/q_mean"]
+                    names = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy",
+                             "charts/q_mean"]
                     values = (metrics_sum / metrics_count).tolist()
                     for name, value in zip(names, values):
                         writer.add_scalar(name, value, global_step)
