@@ -846,7 +846,7 @@ def main(args: Args):
                          for s in (signal.SIGINT, signal.SIGTERM)}
     max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
     metrics_sum, metrics_count = torch.zeros(5, device=device), 0
-    start_time, start_step, updates = time.time(), global_step, 0
+    updates, last_log = 0, (global_step, time.time(), 0)  # (step, time, updates) at the last progress line
     try:
         while global_step < args.total_timesteps and not stop_requested:
             # -- act --
@@ -908,11 +908,12 @@ def main(args: Args):
                 print(f"eval @ {global_step:,}: mean {eval_returns.mean():.1f} | "
                       + " ".join(f"{t} {r:.1f}" for t, r in zip(env_ids, eval_returns)), flush=True)
             if global_step % args.log_interval == 0:
-                elapsed = time.time() - start_time
-                sps = (global_step - start_step) / elapsed
+                now = time.time()  # rates over the last interval: the random-action phase is much faster
+                sps = (global_step - last_log[0]) / (now - last_log[1])
                 eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/updates_per_second", updates / elapsed, global_step)
+                writer.add_scalar("charts/updates_per_second", (updates - last_log[2]) / (now - last_log[1]), global_step)
+                last_log = (global_step, now, updates)
                 line = (f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | "
                         f"ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m")
                 if metrics_count:

@@ -15,8 +15,10 @@ import concurrent.futures
 import contextlib
 import csv
 import glob
+import hashlib
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -151,6 +153,7 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {os.path.relpath(csv_path, ROOT)}; "
           f"running {len(todo)}, {max_workers} at a time (logs: experiments/runs/<experiment>/<run>/train.log)",
           flush=True)
+    print(code_version(), flush=True)
     results, start = {}, time.time()
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per run: clean module state, one thread
     with concurrent.futures.ProcessPoolExecutor(max_workers, mp_context=context, max_tasks_per_child=1) as pool:
@@ -171,6 +174,20 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
                   + ", ".join(f"{t} {v:.0f}" for t, v in last.items())
                   + f" [{len(results)}/{len(todo)}, {time.time() - start:.0f}s elapsed]", flush=True)
     return results
+
+
+def code_version() -> str:
+    """Which bro_mt.py trained these runs: its git commit, whether it had local changes, and its content hash."""
+    path = os.path.join(ROOT, "bro_mt.py")
+    with open(path, "rb") as f:
+        sha1 = hashlib.sha1(f.read()).hexdigest()[:10]
+    try:
+        git = ["git", "-C", ROOT]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(git + ["diff", "--quiet", "HEAD", "--", "bro_mt.py"]).returncode != 0
+        return f"bro_mt.py: sha1 {sha1}, git {commit}{' + local changes' if dirty else ''}"
+    except OSError:
+        return f"bro_mt.py: sha1 {sha1}"
 
 
 # ---- CSV ----

@@ -45,7 +45,7 @@ if __name__ == "__main__":
                         metavar="TASK=FACTOR", help="multiply a task's training rewards by FACTOR")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS)[:4],
                         help="critic loss / reward normalisation / task conditioning variants to run")
-    common.add_training_args(parser, steps=10_000)
+    common.add_training_args(parser, steps=8_000)
     ns = parser.parse_args()
     scales = dict(ns.reward_scale)
     jobs = [common.Job(EXPERIMENT, config, seed, f"{config}/seed{seed}",

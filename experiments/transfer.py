@@ -58,7 +58,7 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", nargs="+", default=["cartpole-balance_sparse", "cartpole-swingup_sparse"],
                         help="held-out tasks, learned together (their sizes must fit the pretrained ones)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    common.add_training_args(parser, steps=6_000)
+    common.add_training_args(parser, steps=5_000)
     ns = parser.parse_args()
     start = time.time()
     if ns.pretrained:
