@@ -572,9 +572,9 @@ class ReplayBuffer:
 
 
 # ---- Checkpoints ----
-CHECKPOINT_KEYS = {"version", "run_name", "config", "global_step", "actor", "critic",
-                   "target_critic", "log_alpha", "actor_optimizer", "critic_optimizer", "alpha_optimizer",
-                   "normalizer", "rng", "envs", "obs", "episode_returns", "replay_buffer"}
+CHECKPOINT_KEYS = {"version", "run_name", "config", "global_step", "actor", "critic", "target_critic", "log_alpha",
+                   "actor_optimizer", "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs",
+                   "episode_returns", "replay_buffer"}
 
 
 def save_checkpoint(path: str, state: dict):
@@ -599,9 +599,9 @@ def load_checkpoint(path: str, flag: str = "--resume") -> dict:
     return ckpt
 
 
-def check_config(path: str, saved: dict, config: dict, flag: str = "--resume", keys=None):
+def check_config(path: str, saved: dict, config: dict, flag: str = "--resume"):
     """Refuse a checkpoint made for other tasks, sizes or ablation switches than this run's."""
-    for key in keys or config:
+    for key in config:
         if saved.get(key) != config[key]:
             raise SystemExit(f"{flag} {path}: the checkpoint's {key} is {saved.get(key)} but this run's is "
                              f"{config[key]}; pass the flags it was trained with (see its 'args')")
