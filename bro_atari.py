@@ -865,8 +865,14 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
     # Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent.
     stop_requested = []
-    previous_handlers = {s: signal.signal(s, lambda signum, frame: stop_requested.append(signum))
-                         for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
+        stop_requested.append(signum)
+        print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     scale = torch.ones(num_games, device=device)
     metrics_sum, metrics_count = torch.zeros(2, device=device), 0
     start_time, start_step, updates = time.time(), global_step, 0

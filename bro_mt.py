@@ -842,8 +842,14 @@ def main(args: Args):
 
     # Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent.
     stop_requested = []
-    previous_handlers = {s: signal.signal(s, lambda signum, frame: stop_requested.append(signum))
-                         for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
+        stop_requested.append(signum)
+        print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
     metrics_sum, metrics_count = torch.zeros(5, device=device), 0
     updates, last_log = 0, (global_step, time.time(), 0)  # (step, time, updates) at the last progress line
