@@ -208,9 +208,9 @@ def read_csv(path: str) -> list[dict]:
 
 
 def curves(rows: list[dict]) -> dict:
-    """{config: {task: (steps [n], returns [seeds, n])}}, keeping the steps every seed reached."""
+    """{config: {task: (steps [n], returns [seeds, n])}}, configs sorted by name, keeping the steps every seed reached."""
     out = {}
-    for config in dict.fromkeys(r["config"] for r in rows):
+    for config in sorted({r["config"] for r in rows}):
         out[config] = {}
         for task in dict.fromkeys(r["task"] for r in rows if r["config"] == config):
             by_seed = {}
