@@ -852,12 +852,13 @@ def main(args: Args):
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
     metrics_sum, metrics_count = torch.zeros(5, device=device), 0
+    random_action_mask = action_masks.cpu().numpy()
     updates, last_log = 0, (global_step, time.time(), 0)  # (step, time, updates) at the last progress line
     try:
         while global_step < args.total_timesteps and not stop_requested:
             # -- act --
             if global_step < args.learning_starts:
-                actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * action_masks.cpu().numpy()
+                actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * random_action_mask
             else:
                 with torch.no_grad():
                     task_ids = torch.arange(num_tasks, device=device)
