@@ -54,7 +54,7 @@ class Job:
 
 
 def add_training_args(parser: argparse.ArgumentParser, steps: int, seeds=(1, 2, 3)):
-    """The flags every experiment shares. The defaults are the small, fast settings this repo's README reports."""
+    """The flags every experiment shares. The defaults are the small, fast settings experiments/README.md reports."""
     g = parser.add_argument_group("training (passed to bro_mt)")
     g.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help="seeds, one run per config and seed")
     g.add_argument("--steps", type=int, default=steps, help="environment steps per task of each run")
@@ -78,7 +78,7 @@ def bro_args(ns: argparse.Namespace, env_ids: list[str], seed: int, exp_name: st
                 batch_size=ns.batch_size * len(env_ids), updates_per_step=ns.updates_per_step, tau=ns.tau,
                 learning_rate=ns.learning_rate, learning_starts=ns.learning_starts, total_timesteps=ns.steps,
                 buffer_size=max(ns.steps, 1), max_episode_steps=ns.max_episode_steps, eval_interval=ns.eval_interval,
-                eval_episodes=ns.eval_episodes, log_interval=ns.eval_interval, cuda=False)
+                eval_episodes=ns.eval_episodes, log_interval=ns.eval_interval)
     args.update(overrides)
     return args
 
@@ -87,7 +87,8 @@ def train(job: Job) -> dict:
     """Worker: run bro_mt.main for `job` in its own working directory and return its eval rows.
 
     Runs in a fresh process (see `run_jobs`), so patching `bro_mt.DMCEnv` for a reward rescale touches nobody else.
-    A run that stops itself (bro_mt raises SystemExit on a non-finite loss) returns the rows it logged so far.
+    A run that stops itself (bro_mt raises SystemExit on a non-finite loss) returns the rows it logged so far;
+    one stopped from outside (Ctrl-C, SIGTERM: bro_mt saves and returns early) is marked `interrupted`.
     """
     import torch
 
@@ -114,15 +115,15 @@ def train(job: Job) -> dict:
         except SystemExit as e:
             checkpoint, error = None, str(e)
     run_dirs = [os.path.dirname(checkpoint)] if checkpoint else sorted(glob.glob("runs/*"), key=os.path.getmtime)
-    updates = None
+    updates, interrupted = None, False
     if checkpoint:  # the optimiser's step counter is the true number of gradient updates
-        import torch
-
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["critic_optimizer"]["state"]
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = saved["critic_optimizer"]["state"]
         updates = int(next(iter(state.values()))["step"]) if state else 0
+        interrupted = saved["global_step"] < job.args["total_timesteps"]
         checkpoint = os.path.abspath(checkpoint)
     rows = eval_rows(job, run_dirs[-1], start) if run_dirs else []
-    return {"rows": rows, "updates": updates, "checkpoint": checkpoint, "error": error,
+    return {"rows": rows, "updates": updates, "checkpoint": checkpoint, "error": error, "interrupted": interrupted,
             "wall_s": time.time() - start}
 
 
@@ -162,6 +163,9 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
             print(f"  queued {job.run}", flush=True)
         for future in concurrent.futures.as_completed(futures):
             job, result = futures[future], future.result()
+            if result["interrupted"]:  # not recorded, so that the next invocation trains it again
+                print(f"  interrupted {job.run}: not written to the CSV", flush=True)
+                continue
             expected = max(0, job.args["total_timesteps"] - job.args["learning_starts"]) * job.args["updates_per_step"]
             if result["updates"] is not None and result["updates"] != expected:
                 print(f"  warning: {job.run} did {result['updates']} updates, expected {expected}")
@@ -208,7 +212,7 @@ def read_csv(path: str) -> list[dict]:
 
 
 def curves(rows: list[dict]) -> dict:
-    """{config: {task: (steps [n], returns [seeds, n])}}, configs sorted by name, keeping the steps every seed reached."""
+    """{config: {task: (steps [n], returns [seeds, n])}}, configs sorted by name, at the steps every seed reached."""
     out = {}
     for config in sorted({r["config"] for r in rows}):
         out[config] = {}

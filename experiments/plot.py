@@ -4,8 +4,9 @@ One panel per task (mean over seeds, band = min..max over seeds) and one aggrega
 tasks of the return normalised by dm_control's maximum (1000), with a 95% stratified bootstrap confidence band.
 When configs differ in their number of gradient updates (multi-task vs single-task), the legend says how many.
 
-    python experiments/plot.py                        # every CSV in experiments/results/
-    python experiments/plot.py multitask_vs_single transfer
+    python experiments/plot.py                        # every CSV in experiments/results/, the README's figures
+    python experiments/plot.py transfer               # one of them
+    python experiments/plot.py loss_and_reward_scale --configs mse mse+norm --suffix mse   # a custom selection
 """
 
 import argparse
@@ -21,9 +22,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
+# The README's figures: (suffix, configs) per CSV; a CSV not listed gets one figure of all its configs.
+FIGURES = {"loss_and_reward_scale": [("", ["categorical+norm", "categorical", "mse+norm", "mse"]),
+                                     ("conditioning", ["categorical+norm", "multihead", "no-task-id"])]}
 
-def plot(name: str, dpi: int = 80) -> str:
+
+def plot(name: str, configs=None, suffix: str = "", dpi: int = 80) -> str:
+    """Draw experiments/results/<name>.csv (only `configs`, if given) to <name>[_<suffix>].png; return its path."""
     rows = common.read_csv(os.path.join(common.RESULTS, f"{name}.csv"))
+    rows = [r for r in rows if not configs or r["config"] in configs]
     config_curves = common.curves(rows)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     updates = {config: common.total_updates(rows, config) for config in config_curves}
@@ -46,14 +53,14 @@ def plot(name: str, dpi: int = 80) -> str:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("evaluation return", fontsize=8)
-    axes[0, -1].set_ylim(0, 1)
     handles, labels = axes[0, -1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
-    fig.suptitle(f"{name}: mean and min-max over seeds; aggregate: IQM with 95% stratified bootstrap CI", fontsize=9)
-    for ax in axes[0, :-1]:
+    title = f"{name} ({suffix})" if suffix else name
+    fig.suptitle(f"{title}: mean and min-max over seeds; aggregate: IQM with 95% stratified bootstrap CI", fontsize=9)
+    for ax in axes[0]:
         ax.set_ylim(bottom=0)
     fig.tight_layout(rect=(0, 0.03 + 0.06 * ((len(labels) + 2) // 3), 1, 1))
-    path = os.path.join(common.RESULTS, f"{name}.png")
+    path = os.path.join(common.RESULTS, f"{name}_{suffix}.png" if suffix else f"{name}.png")
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
@@ -62,8 +69,12 @@ def plot(name: str, dpi: int = 80) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="CSV names under experiments/results/ (default: all)")
+    parser.add_argument("--configs", nargs="+", default=None, help="draw only these configs (default: all)")
+    parser.add_argument("--suffix", default="", help="write <name>_<suffix>.png instead of <name>.png")
     parser.add_argument("--dpi", type=int, default=80)
     ns = parser.parse_args()
     names = ns.names or sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(common.RESULTS, "*.csv")))
     for name in names:
-        print(f"wrote {os.path.relpath(plot(name, ns.dpi), common.ROOT)}")
+        figures = [(ns.suffix, ns.configs)] if ns.configs or ns.suffix else FIGURES.get(name, [("", None)])
+        for suffix, configs in figures:
+            print(f"wrote {os.path.relpath(plot(name, configs, suffix, ns.dpi), common.ROOT)}")

@@ -11,8 +11,8 @@ critic width. The first evaluation (at `--learning-starts`, before any update) i
     python experiments/transfer.py --pretrained A.pt B.pt C.pt   # reuse checkpoints, one per seed
     python experiments/plot.py transfer
 
-Writes experiments/results/transfer.csv (held-out tasks) and transfer_pretrain.csv (phase 1); rows are appended as
-runs finish and runs already there are skipped.
+Writes experiments/results/transfer.csv (held-out tasks) and transfer_pretrain.csv (phase 1, when it runs); rows
+are appended as runs finish and runs already there are skipped.
 """
 
 import argparse
@@ -32,19 +32,19 @@ CONFIGS = {  # name -> does it start from the pretrained checkpoint, does it fre
 }
 
 
-def pretrain(ns: argparse.Namespace) -> dict:
-    """Phase 1: {seed: checkpoint path}, training the seeds whose checkpoint is not there yet."""
+def pretrain(ns: argparse.Namespace, csv_path: str) -> dict:
+    """Phase 1: {seed: checkpoint path}, training the seeds not yet in `csv_path`."""
     jobs = [common.Job(EXPERIMENT, "pretrain", seed, f"pretrain/seed{seed}",
                        common.bro_args(ns, ns.pretrain_tasks, seed, "pretrain", total_timesteps=ns.pretrain_steps,
                                        buffer_size=ns.pretrain_steps)) for seed in ns.seeds]
-    results = common.run_jobs(jobs, os.path.join(common.RESULTS, "transfer_pretrain.csv"), ns.jobs)
+    common.run_jobs(jobs, csv_path, ns.jobs)
+    finished = {row["run"] for row in common.read_csv(csv_path)} if os.path.exists(csv_path) else set()
     checkpoints = {}
-    for job in jobs:
+    for job in jobs:  # the newest checkpoint of a finished run is its final one
         found = sorted(glob.glob(os.path.join(job.workdir, "runs", "*", "checkpoint.pt")), key=os.path.getmtime)
-        checkpoint = results[job.run]["checkpoint"] if job.run in results else (found[-1] if found else None)
-        if checkpoint is None:
-            raise SystemExit(f"pretraining {job.run} left no checkpoint; see {job.workdir}/train.log")
-        checkpoints[job.seed] = checkpoint
+        if job.run not in finished or not found:
+            raise SystemExit(f"pretraining {job.run} did not finish; see {job.workdir}/train.log")
+        checkpoints[job.seed] = found[-1]
     return checkpoints
 
 
@@ -58,15 +58,16 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", nargs="+", default=["cartpole-balance_sparse", "cartpole-swingup_sparse"],
                         help="held-out tasks, learned together (their sizes must fit the pretrained ones)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    common.add_training_args(parser, steps=5_000)
+    common.add_training_args(parser, steps=5_000, seeds=(1, 2, 3, 4, 5))
     ns = parser.parse_args()
+    csv_path = common.csv_path_for(ns, EXPERIMENT)
     start = time.time()
     if ns.pretrained:
         if len(ns.pretrained) != len(ns.seeds):
             raise SystemExit(f"--pretrained gives {len(ns.pretrained)} checkpoints for {len(ns.seeds)} seeds")
         checkpoints = dict(zip(ns.seeds, map(os.path.abspath, ns.pretrained)))
     else:
-        checkpoints = pretrain(ns)
+        checkpoints = pretrain(ns, csv_path.removesuffix(".csv") + "_pretrain.csv")
     jobs = []
     for seed in ns.seeds:
         for config in ns.configs:
@@ -74,7 +75,6 @@ if __name__ == "__main__":
             args = common.bro_args(ns, ns.tasks, seed, config, init_from=checkpoints[seed] if init else None,
                                    freeze_trunk=freeze)
             jobs.append(common.Job(EXPERIMENT, config, seed, f"{config}/seed{seed}", args))
-    csv_path = common.csv_path_for(ns, EXPERIMENT)
     common.run_jobs(jobs, csv_path, ns.jobs)
     print(f"wall-clock {(time.time() - start) / 60:.1f} min")
     common.summarize(csv_path)
