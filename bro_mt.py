@@ -12,6 +12,7 @@ Map of the file (search for the section markers "# ----"):
   Networks ................. ensemble layers, BroNet, the categorical critic with task embedding, the actor
   Categorical projection ... C51: put the shifted target distribution back on the fixed support
   Losses ................... critic cross-entropy (or the MSE ablation), actor, temperature; one update
+  Fast paths ............... opt-in torch.compile / CUDA graph / bf16 versions of that same update
   Reward normalisation ..... per-task scale from the largest discounted return seen
   Replay buffer ............ per-task ring buffers [tasks, capacity, dim] on the training device
   Checkpoints .............. everything needed to continue a run exactly; transfer to new tasks; memory checks
@@ -24,6 +25,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal, NamedTuple, Optional
 
 # MuJoCo picks its rendering backend when dm_control is imported. EGL renders headless on GPUs and most Linux
@@ -66,6 +68,16 @@ class Args:
     """path of a checkpoint to continue from (its tasks and critic width must match this run's)"""
     log_interval: int = 1000
     """print progress and write training losses to TensorBoard every N environment steps"""
+    compile: bool = False
+    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
+    cudagraphs: bool = False
+    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
+    bf16: bool = False
+    """run the critic's matmuls in bfloat16 (autocast; LayerNorm, softmax, projection and losses stay float32);
+    on CUDA also lets the remaining float32 matmuls use TF32. For the big presets on a GPU"""
+    async_envs: bool = False
+    """step every task's environment in its own worker process, while the updates run (they then sample the replay
+    buffer without the current step's transitions: a one-step data lag)"""
 
     # Algorithm specific arguments
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
@@ -160,20 +172,26 @@ class DMCEnv(gym.Env):
     `terminated` is a true termination (dm_control's discount 0); `truncated` is the time limit, which bootstraps.
     """
 
-    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None):
+    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None,
+                 pad_to: Optional[tuple[int, int]] = None):
         domain, task = env_id.split("-", 1)
         self.env_id = env_id
         self.env = suite.load(domain, task, task_kwargs={"random": seed})
         spec = self.env.action_spec()
         self.action_low, self.action_high = spec.minimum, spec.maximum
-        obs_dim = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
+        self.obs_size = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
+        self.action_size = spec.shape[0]
+        # pad_to=(obs_dim, action_dim): zero-pad observations and ignore the extra action dims, so that tasks of
+        # different sizes share one space (the training loop's vector env needs that)
+        obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
         self.max_episode_steps = max_episode_steps
         self.episode_step = 0
 
     def _flat(self, observation) -> np.ndarray:
-        return np.concatenate([np.asarray(v, np.float32).ravel() for v in observation.values()])
+        flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in observation.values()])
+        return np.pad(flat, (0, self.observation_space.shape[0] - self.obs_size))
 
     def reset(self, seed: Optional[int] = None, options=None):
         if seed is not None:
@@ -182,7 +200,8 @@ class DMCEnv(gym.Env):
         return self._flat(self.env.reset().observation), {}
 
     def step(self, action):
-        action = self.action_low + (np.clip(action, -1, 1) + 1) / 2 * (self.action_high - self.action_low)
+        action = np.clip(action[: self.action_size], -1, 1)
+        action = self.action_low + (action + 1) / 2 * (self.action_high - self.action_low)
         ts = self.env.step(action)
         self.episode_step += 1
         terminated = ts.last() and ts.discount == 0
@@ -207,6 +226,8 @@ class DMCEnv(gym.Env):
         keys = state["rng_keys"].numpy().astype(np.uint32)
         self.env.task.random.set_state(("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_cached"]))
         self.episode_step, self.env._step_count = state["step"], state["dm_step"]  # dm_control's own time limit
+
+    state = property(get_state, set_state)  # what the vector env's get_attr/set_attr reach
 
 
 # ---- Networks ----
@@ -238,7 +259,8 @@ class EnsembleLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        # .float(): under --bf16 the matmul before it ran in bfloat16, but the normalisation stays in float32
+        return F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
 
 class BroNetBlock(nn.Module):
@@ -272,13 +294,15 @@ class Critic(nn.Module):
     embedding: only the critic loss trains it, and the actor reads a detached copy.
     Ablations (--task-conditioning): "multihead" gives each task its own output head on a shared trunk (the actor
     then reads a one-hot task id); "none" tells neither network the task. num_bins=1 is the MSE critic.
+    bf16=True (--bf16) runs the matmuls in bfloat16 and returns float32 logits.
     """
 
     def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE,
-                 conditioning=None):
+                 conditioning=None, bf16=False):
         super().__init__()
         conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
         self.members, self.num_tasks, self.num_bins, self.conditioning = members, num_tasks, num_bins, conditioning
+        self.bf16 = bf16
         self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if conditioning == "embedding" else None
         # Width of embed(): what the actor reads about the task.
         self.embedding_dim = {"embedding": embedding_dim, "multihead": num_tasks, "none": 0}[conditioning]
@@ -297,7 +321,9 @@ class Critic(nn.Module):
     def forward(self, obs, action, task_ids) -> torch.Tensor:
         task_input = self.embed(task_ids) if self.task_embedding is not None else obs[:, :0]
         x = torch.cat([obs, action, task_input], dim=-1)
-        out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, heads * num_bins]
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, heads * num_bins]
+        out = out.float()  # softmax, projection and loss in float32 (a no-op without --bf16)
         if self.conditioning == "multihead":  # keep each sample's own task head
             out = out.view(self.members, len(x), self.num_tasks, self.num_bins)[:, torch.arange(len(x)), task_ids]
         return out  # [members, batch, num_bins]
@@ -458,6 +484,47 @@ def update(batch, critic, target_critic, actor, log_alpha, optimizers, action_ma
     loss_alpha.backward()
     alpha_optimizer.step()
     return torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
+
+
+# ---- Fast paths (opt-in; the eager `update` above is the reference) ----
+def fast_update(update_step, compile: bool, cudagraphs: bool):
+    """`update_step(batch) -> metrics`, compiled by torch.compile (--compile) and/or replayed as a CUDA graph
+    (--cudagraphs). Both run exactly the code above; tests/test_mt_fast.py checks they give the same numbers."""
+    if compile:
+        update_step = torch.compile(update_step)
+    return CUDAGraphUpdate(update_step) if cudagraphs else update_step
+
+
+class CUDAGraphUpdate:
+    """Record one update's kernels as a CUDA graph, then replay the whole update with a single launch.
+
+    A graph replays fixed memory addresses, so: each batch is copied into the graph's own input tensors, the
+    optimisers keep their step counts on the GPU (`capturable=True`), and every other tensor the update reads (the
+    reward scale) is changed in place, never reassigned. CUDA wants a few ordinary runs on a side stream before
+    recording; those `warmup` updates are real updates of the run.
+    """
+
+    def __init__(self, update_step, warmup: int = 3):
+        self.update_step, self.warmup, self.graph = update_step, warmup, None
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.graph is None and self.warmup > 0:
+            self.warmup -= 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                metrics = self.update_step(batch)
+            torch.cuda.current_stream().wait_stream(stream)
+            return metrics
+        if self.graph is None:  # record (nothing runs while recording; the replay below does this update)
+            self.batch = Batch(*(x.clone() for x in batch))
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.metrics = self.update_step(self.batch)
+        for static, x in zip(self.batch, batch):
+            static.copy_(x)
+        self.graph.replay()
+        return self.metrics.clone()
 
 
 # ---- Reward normalisation ----
@@ -703,16 +770,20 @@ def main(args: Args):
         raise SystemExit("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cudagraphs and device.type != "cuda":
+        raise SystemExit("--cudagraphs records CUDA graphs and needs a CUDA GPU; on a CPU use --compile alone")
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow wide CPU matmuls by up to ~9x
+    if args.bf16 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)  # random actions before learning starts
 
     # -- Environments: one per task, observations zero-padded, actions cut to each task's own size --
-    envs = [DMCEnv(env_id, args.seed + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
-    obs_sizes = [env.observation_space.shape[0] for env in envs]
-    action_sizes = [env.action_space.shape[0] for env in envs]
+    eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
+    obs_sizes = [env.obs_size for env in eval_envs]
+    action_sizes = [env.action_size for env in eval_envs]
     obs_dim, action_dim = max(obs_sizes), max(action_sizes)
     # One task needs no conditioning, except in transfer, where the pretrained critic expects an embedding.
     conditioning = args.task_conditioning if num_tasks > 1 or args.init_from else "none"
@@ -751,7 +822,6 @@ def main(args: Args):
           f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}")
     print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
 
-    eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
     if args.capture_video:
         try:
             eval_envs[0].render(size=16)
@@ -759,10 +829,17 @@ def main(args: Args):
             raise SystemExit(f"--capture-video: MuJoCo cannot render here ({error}). Install EGL (Debian: libegl1) "
                              "or OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa.")
 
+    # The training envs, padded to one space. With --async-envs each steps in a worker process. An episode that
+    # ends is reset at once; its true final observation comes back in infos["final_obs"].
+    env_fns = [partial(DMCEnv, env_id, args.seed + i, args.max_episode_steps, (obs_dim, action_dim))
+               for i, env_id in enumerate(env_ids)]
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
     # -- Networks and optimisers --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
     critic, target_critic = [Critic(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim,
-                                    conditioning=conditioning).to(device) for _ in range(2)]
+                                    conditioning=conditioning, bf16=args.bf16).to(device) for _ in range(2)]
     actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
     if source:
         transfer(source, critic, actor)
@@ -770,18 +847,17 @@ def main(args: Args):
     target_critic.load_state_dict(critic.state_dict())
     target_critic.requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-    actor_optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    graph = {"capturable": args.cudagraphs}  # a CUDA graph needs the optimisers' step counts on the GPU
+    actor_optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                        **graph)
     critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=args.learning_rate,
-                                         weight_decay=args.weight_decay)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999))
+                                         weight_decay=args.weight_decay, **graph)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), **graph)
     optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
     rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
     normalizer = RewardNormalizer(num_tasks, args.gamma)
 
-    obs = np.zeros((num_tasks, obs_dim), np.float32)
-    for i, env in enumerate(envs):
-        o, _ = env.reset()
-        obs[i, : len(o)] = o
+    obs, _ = envs.reset()  # [tasks, obs_dim]
     episode_returns = np.zeros(num_tasks)
     global_step, learning_starts = 0, args.learning_starts
     tasks_label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
@@ -800,7 +876,7 @@ def main(args: Args):
             **{name: obj.state_dict() for name, obj in stateful.items()},
             "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state,
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "envs": [env.get_state() for env in envs], "obs": torch.from_numpy(obs.copy()),
+            "envs": list(envs.get_attr("state")), "obs": torch.from_numpy(obs.copy()),
             "episode_returns": torch.from_numpy(episode_returns.copy()),
             "replay_buffer": rb.state_dict() if args.save_buffer else None,
         }
@@ -817,8 +893,7 @@ def main(args: Args):
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         rng.bit_generator.state = ckpt["rng"]["numpy"]
-        for env, state in zip(envs, ckpt["envs"]):
-            env.set_state(state)
+        envs.set_attr("state", ckpt["envs"])
         obs, episode_returns = ckpt["obs"].numpy().copy(), ckpt["episode_returns"].numpy().copy()
         if ckpt["replay_buffer"] is not None:
             rb.load_state_dict(ckpt["replay_buffer"])
@@ -850,8 +925,28 @@ def main(args: Args):
         print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # The reward scale is changed in place (a CUDA graph reads it from a fixed address); None: --no-reward-norm.
     max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
+    scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+
+    def update_step(batch: Batch) -> torch.Tensor:
+        return update(batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy,
+                      max_abs_return, support, args.gamma, args.tau)
+
+    update_step = fast_update(update_step, args.compile, args.cudagraphs)
     metrics_sum, metrics_count = torch.zeros(5, device=device), 0
+
+    def learn():
+        """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+        nonlocal scale_stale, metrics_count, updates
+        if args.reward_norm and (scale_stale or normalizer.needs_fallback()):
+            max_abs_return.copy_(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32))
+            scale_stale = False
+        for _ in range(args.updates_per_step):
+            metrics_sum.add_(update_step(rb.sample(batch_size, device)))
+            metrics_count += 1
+            updates += 1
+
     random_action_mask = action_masks.cpu().numpy()
     updates, last_log = 0, (global_step, time.time(), 0)  # (step, time, updates) at the last progress line
     try:
@@ -864,45 +959,41 @@ def main(args: Args):
                     task_ids = torch.arange(num_tasks, device=device)
                     obs_t = torch.as_tensor(obs, device=device)
                     actions = actor.sample(obs_t, critic.embed(task_ids), action_masks)[0].cpu().numpy()
+            # -- step envs -- With --async-envs the worker processes simulate while this process runs the update,
+            # which then samples transitions up to the previous step (a one-step data lag; see the README).
+            if args.async_envs:
+                envs.step_async(actions)
+                if global_step >= learning_starts:
+                    learn()
+                next_obs, rewards, terminations, truncations, infos = envs.step_wait()
+            else:
+                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
 
-            # -- step envs and record --
-            next_obs, rewards = np.zeros_like(obs), np.zeros(num_tasks, np.float32)
-            terminations, reset_obs = np.zeros(num_tasks, np.float32), {}
-            for i, env in enumerate(envs):
-                o, r, terminated, truncated, _ = env.step(actions[i, : action_sizes[i]])
-                next_obs[i, : len(o)], rewards[i], terminations[i] = o, r, terminated
-                normalizer.record(i, r)
-                episode_returns[i] += r
-                if terminated or truncated:
-                    normalizer.end_episode(i, terminated)
+            # -- record --
+            real_next_obs = next_obs.copy()  # where an episode ended, next_obs is already the reset observation
+            for i in range(num_tasks):
+                normalizer.record(i, float(rewards[i]))
+                episode_returns[i] += rewards[i]
+                if terminations[i] or truncations[i]:
+                    real_next_obs[i] = infos["final_obs"][i]
+                    normalizer.end_episode(i, bool(terminations[i]))
                     writer.add_scalar(f"charts/episodic_return/{env_ids[i]}", episode_returns[i], global_step)
-                    episode_returns[i] = 0
-                    reset_obs[i] = env.reset()[0]
+                    episode_returns[i], scale_stale = 0, True
 
-            # -- store (next_obs is the true final observation, even when the episode ended) --
-            rb.add(obs, actions, rewards, next_obs, terminations)
+            # -- store (the true final observation, even when the episode ended) --
+            rb.add(obs, actions, rewards, real_next_obs, terminations)
             obs = next_obs
-            for i, o in reset_obs.items():
-                obs[i] = 0
-                obs[i, : len(o)] = o
             global_step += 1
 
-            # -- update --
-            if global_step > learning_starts:
-                if args.reward_norm and (reset_obs or normalizer.needs_fallback() or updates == 0):
-                    max_abs_return = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
-                for _ in range(args.updates_per_step):
-                    batch = rb.sample(batch_size, device)
-                    metrics_sum += update(batch, critic, target_critic, actor, log_alpha, optimizers, action_masks,
-                                          target_entropy, max_abs_return, support, args.gamma, args.tau)
-                    metrics_count += 1
-                    updates += 1
-                if not torch.isfinite(metrics_sum[:3]).all():  # one small sync per step; the actions need one anyway
-                    nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
-                    save_checkpoint(nan_path, checkpoint_state())
-                    raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic, actor, "
-                                     f"temperature = {(metrics_sum[:3] / metrics_count).tolist()}); "
-                                     f"state saved to {nan_path}")
+            # -- update (the serial loop; see above for --async-envs) --
+            if not args.async_envs and global_step > learning_starts:
+                learn()
+            if metrics_count and not torch.isfinite(metrics_sum[:3]).all():  # one sync per step, as acting needs
+                nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
+                save_checkpoint(nan_path, checkpoint_state())
+                raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic, actor, "
+                                 f"temperature = {(metrics_sum[:3] / metrics_count).tolist()}); "
+                                 f"state saved to {nan_path}")
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
@@ -950,6 +1041,7 @@ def main(args: Args):
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
+        envs.close()
         writer.close()
         if args.track:
             wandb.finish()
