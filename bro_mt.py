@@ -491,6 +491,7 @@ def fast_update(update_step, compile: bool, cudagraphs: bool):
     """`update_step(batch) -> metrics`, compiled by torch.compile (--compile) and/or replayed as a CUDA graph
     (--cudagraphs). Both run exactly the code above; tests/test_mt_fast.py checks they give the same numbers."""
     if compile:
+        torch._inductor.config.fallback_random = True  # eager's random numbers: --compile changes only rounding
         update_step = torch.compile(update_step)
     return CUDAGraphUpdate(update_step) if cudagraphs else update_step
 
