@@ -1,26 +1,91 @@
-"""Speed of bro_mt.py: gradient updates/s per critic preset, environment steps/s, and the full loop's steps/s.
+"""Speed of bro_mt.py: updates/s, TFLOP/s, full-loop environment steps/s and peak memory per preset and fast path.
 
-    python benchmarks/bench_mt.py --presets 1M 4M                     # dog-sized inputs, batch 1024
-    python benchmarks/bench_mt.py --presets 1M --threads 1
-    python benchmarks/bench_mt.py --presets 64M 256M --device cuda
+    python benchmarks/bench_mt.py --presets 1M --threads 1                 # CPU: eager, compile, bf16
+    python benchmarks/bench_mt.py --presets 1M 4M 16M 64M 256M --loop      # a GPU: all four modes
+    python benchmarks/bench_mt.py --widths 256 --batch-size 256 --threads 2 --modes eager compile
 
-An update is bro_mt.update (critic -> Polyak -> actor -> temperature) on random data of the given sizes, so it
-times exactly the code the training loop runs. Environment steps/s steps every task of --env-ids once per step
-and samples the actor, as the loop does after learning starts. The full loop does one environment step and
---updates-per-step updates per step, so its rate is 1 / (t_env + updates_per_step * t_update).
+Modes: eager (the reference), compile (--compile), cudagraphs (--compile --cudagraphs), bf16 (--compile --cudagraphs
+--bf16 on CUDA; --compile --bf16 on a CPU). Every cell runs in a fresh process, so that compile caches and peak
+memory do not leak between rows.
+
+updates/s times `bro_mt.update`, through the same `bro_mt.fast_update` wrapper as the training loop, on random
+data of dog-sized inputs (observation 223, action 38, 7 tasks, batch 1024 unless stated). FLOPs of one update
+come from the layer shapes (`update_flops`, checked against torch's FLOP counter at start-up). With --loop, the
+real training loop (bro_mt.main on DMC_HARD with the mode's flags) is timed over --loop-steps steps after
+learning starts and warm-up; that is the rate a run would see (1M-transition replay aside: the benchmark keeps a
+small one).
 """
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_mt  # noqa: E402
+
+MODES = {"eager": {}, "compile": {"compile": True}, "cudagraphs": {"compile": True, "cudagraphs": True},
+         "bf16": {"compile": True, "cudagraphs": True, "bf16": True}}
+
+
+def mode_flags(mode: str, device: torch.device) -> dict:
+    flags = dict(MODES[mode])
+    if device.type != "cuda" and mode == "bf16":
+        flags.pop("cudagraphs")
+    return flags
+
+
+def update_flops(obs_dim, action_dim, num_tasks, width, batch_size, num_bins=101, embedding_dim=32) -> int:
+    """Matmul FLOPs of one update (2 per multiply-add), from the layer shapes.
+
+    F_critic: one forward of the critic ensemble; F_actor: one of the actor. The update runs
+    target: actor(s') + target critic(s', a')                            F_actor + F_critic
+    critic: forward, backward for weights and inputs (the embedding)     3 F_critic (less the first layer's input
+            gradient in single-task mode, which has no embedding to train)
+    actor:  actor forward, critic forward, critic backward for the action only (no weight gradients),
+            actor backward (weights; no input gradient of its first layer) 2 F_actor - first layer + 2 F_critic
+    """
+    critic_in = obs_dim + action_dim + (embedding_dim if num_tasks > 1 else 0)
+    actor_in = obs_dim + (embedding_dim if num_tasks > 1 else 0)
+    per_sample = critic_in * width + 2 * bro_mt.CRITIC_DEPTH * width * width + width * num_bins
+    f_critic = 2 * bro_mt.ENSEMBLE_SIZE * batch_size * per_sample
+    a = bro_mt.ACTOR_WIDTH
+    f_actor = 2 * batch_size * (actor_in * a + 2 * bro_mt.ACTOR_DEPTH * a * a + 2 * a * action_dim)
+    no_embedding = 2 * bro_mt.ENSEMBLE_SIZE * batch_size * critic_in * width if num_tasks == 1 else 0
+    return 6 * f_critic - no_embedding + 4 * f_actor - 2 * batch_size * actor_in * a
+
+
+def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags):
+    critic = bro_mt.Critic(obs_dim, action_dim, num_tasks, width, bf16=flags.get("bf16", False)).to(device)
+    target = bro_mt.Critic(obs_dim, action_dim, num_tasks, width).to(device)
+    target.load_state_dict(critic.state_dict())
+    target.requires_grad_(False)
+    actor = bro_mt.Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
+    log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
+    graph = {"capturable": flags.get("cudagraphs", False)}
+    optimizers = (torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, **graph),
+                  torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, **graph),
+                  torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), **graph))
+    masks = torch.ones(num_tasks, action_dim, device=device)
+    entropy = torch.full((num_tasks,), -action_dim / 2, device=device)
+    support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)
+
+    def update_step(batch):
+        return bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support,
+                             0.99, 0.005)
+
+    batch = bro_mt.Batch(torch.randn(batch_size, obs_dim, device=device),
+                         torch.rand(batch_size, action_dim, device=device) * 2 - 1,
+                         torch.rand(batch_size, device=device), torch.randn(batch_size, obs_dim, device=device),
+                         torch.zeros(batch_size, device=device),
+                         torch.randint(num_tasks, (batch_size,), device=device))
+    return bro_mt.fast_update(update_step, flags.get("compile", False), flags.get("cudagraphs", False)), batch
 
 
 def sync(device):
@@ -28,89 +93,150 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_updates(width, batch_size, obs_dim, action_dim, num_tasks, device, seconds):
-    critic = bro_mt.Critic(obs_dim, action_dim, num_tasks, width).to(device)
-    target = bro_mt.Critic(obs_dim, action_dim, num_tasks, width).to(device)
-    target.load_state_dict(critic.state_dict())
-    actor = bro_mt.Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
-    log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
-    optimizers = (torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4),
-                  torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4),
-                  torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999)))
-    batch = bro_mt.Batch(torch.randn(batch_size, obs_dim, device=device),
-                         torch.rand(batch_size, action_dim, device=device) * 2 - 1,
-                         torch.rand(batch_size, device=device), torch.randn(batch_size, obs_dim, device=device),
-                         torch.zeros(batch_size, device=device), torch.randint(num_tasks, (batch_size,), device=device))
-    masks, entropy = torch.ones(num_tasks, action_dim, device=device), torch.full((num_tasks,), -action_dim / 2, device=device)
-    support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)
-
-    def step():
-        return bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support, 0.99,
-                             0.005)
-
-    for _ in range(3):  # warm-up (allocator, kernels)
-        step()
+def time_updates(args, width, device, flags) -> dict:
+    step, batch = make_update(width, args.batch_size, args.obs_dim, args.action_dim, args.num_tasks, device, flags)
+    start = time.perf_counter()
+    for _ in range(5):  # warm-up: compilation, CUDA graph recording, allocator
+        step(batch)
     sync(device)
+    warmup = time.perf_counter() - start
     count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 3:
-        step()
+    while time.perf_counter() - start < args.seconds or count < 3:
+        step(batch)
         count += 1
     sync(device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return count / (time.perf_counter() - start), peak
+    return {"updates_per_s": count / (time.perf_counter() - start), "warmup_s": warmup}
 
 
-def time_env_steps(env_ids, device, seconds):
-    envs = [bro_mt.DMCEnv(env_id, i) for i, env_id in enumerate(env_ids)]
-    obs_dim = max(e.observation_space.shape[0] for e in envs)
-    action_dim = max(e.action_space.shape[0] for e in envs)
-    actor = bro_mt.Actor(obs_dim, action_dim, 32 if len(envs) > 1 else 0).to(device)
-    embedding = torch.nn.functional.normalize(torch.randn(len(envs), 32 if len(envs) > 1 else 0, device=device), dim=-1)
-    mask, obs = torch.ones(len(envs), action_dim, device=device), np.zeros((len(envs), obs_dim), np.float32)
-    for i, env in enumerate(envs):
-        o = env.reset()[0]
-        obs[i, : len(o)] = o
-    count, start = 0, time.perf_counter()
+def time_loop(args, width, device, flags) -> float:
+    """Environment steps/s of bro_mt.main itself, after learning starts and warm-up (from its charts/SPS)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    n = args.loop_steps
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            bro_mt.main(bro_mt.Args(env_ids=args.env_ids, critic_width=width, batch_size=args.batch_size,
+                                    learning_starts=n, total_timesteps=3 * n, log_interval=n, eval_interval=10**9,
+                                    eval_episodes=1, max_episode_steps=100, buffer_size=3 * n, cuda=device.type == "cuda",
+                                    async_envs=args.async_envs, **flags))
+            events = EventAccumulator(os.path.join(tmp, "runs", os.listdir(os.path.join(tmp, "runs"))[0]))
+            events.Reload()
+            return events.Scalars("charts/SPS")[-1].value  # steps 2n..3n: learning, compiled and warm
+        finally:
+            os.chdir(cwd)
+
+
+def time_envs(env_ids, async_envs: bool, seconds: float) -> float:
+    """Environment steps/s (one step = every task once) of the training loop's vector env, random actions."""
+    import gymnasium as gym
+    import numpy as np
+
+    env_ids = bro_mt.resolve_env_ids(env_ids)
+    sizes = [(e.obs_size, e.action_size) for e in (bro_mt.DMCEnv(i, 0) for i in env_ids)]
+    pad = (max(o for o, _ in sizes), max(a for _, a in sizes))
+    fns = [lambda i=i, env_id=env_id: bro_mt.DMCEnv(env_id, i, None, pad) for i, env_id in enumerate(env_ids)]
+    vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
+    envs = vector_env(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs.reset()
+    rng, count, start = np.random.default_rng(0), 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        with torch.no_grad():
-            actions = actor.sample(torch.as_tensor(obs, device=device), embedding, mask)[0].cpu().numpy()
-        for i, env in enumerate(envs):
-            o, _, terminated, truncated, _ = env.step(actions[i, : env.action_space.shape[0]])
-            if terminated or truncated:
-                o = env.reset()[0]
-            obs[i, : len(o)] = o
+        envs.step(rng.uniform(-1, 1, (len(env_ids), pad[1])).astype(np.float32))
         count += 1
+    envs.close()
     return count / (time.perf_counter() - start)
+
+
+def one_cell(args):
+    """Runs in a fresh process: one preset/width in one mode; prints one JSON line."""
+    device = torch.device(args.device)
+    flags = mode_flags(args.mode, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        if flags.get("bf16"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+    result = time_updates(args, args.width, device, flags)
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        import resource
+
+        result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS
+    if args.loop:
+        result["loop_steps_per_s"] = time_loop(args, args.width, device, flags)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def check_flop_formula():
+    """The shape-derived count equals torch's FLOP counter on a small update (multi-task and single-task)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for num_tasks in (3, 1):
+        step, batch = make_update(64, 16, 11, 3, num_tasks, torch.device("cpu"), {})
+        with FlopCounterMode(display=False) as counter:
+            step(batch)
+        expected = update_flops(11, 3, num_tasks, 64, 16)
+        assert counter.get_total_flops() == expected, (counter.get_total_flops(), expected)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["1M"], choices=list(bro_mt.MODEL_SIZES))
+    parser.add_argument("--presets", nargs="*", default=["1M"], choices=list(bro_mt.MODEL_SIZES))
     parser.add_argument("--widths", nargs="*", type=int, default=[], help="extra critic widths to time")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--obs-dim", type=int, default=223, help="padded observation size (dog: 223)")
     parser.add_argument("--action-dim", type=int, default=38, help="padded action size (dog: 38)")
     parser.add_argument("--num-tasks", type=int, default=7)
-    parser.add_argument("--env-ids", nargs="+", default=["DMC_HARD"])
-    parser.add_argument("--updates-per-step", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seconds", type=float, default=10.0, help="time spent on each measurement")
+    parser.add_argument("--seconds", type=float, default=10.0, help="time spent on each update measurement")
+    parser.add_argument("--loop", action="store_true", help="also time the real training loop (bro_mt.main)")
+    parser.add_argument("--loop-steps", type=int, default=50, help="--loop: steps per phase (3 phases)")
+    parser.add_argument("--env-ids", nargs="+", default=["DMC_HARD"], help="--loop: the tasks")
+    parser.add_argument("--async-envs", action="store_true", help="--loop: with --async-envs")
+    parser.add_argument("--envs", action="store_true", help="time the environments alone: serial vs --async-envs")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)  # internal: one cell, in a child process
+    parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {torch.get_num_threads()} threads"))
-    env_ids = bro_mt.resolve_env_ids(args.env_ids)
-    env_sps = time_env_steps(env_ids, device, args.seconds)
-    print(f"environment steps/s ({len(env_ids)} tasks, actor sampling included): {env_sps:.1f}")
-    print(f"{'preset':>7} {'width':>6} {'params/member':>14} {'updates/s':>10} {'loop steps/s':>13} {'peak GiB':>9}")
-    for name, width in [(p, bro_mt.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]:
-        counts = bro_mt.model_parameter_counts(args.obs_dim, args.action_dim, args.num_tasks, width)
-        ups, peak = time_updates(width, args.batch_size, args.obs_dim, args.action_dim, args.num_tasks, device, args.seconds)
-        loop = 1 / (1 / env_sps + args.updates_per_step / ups)
-        print(f"{name:>7} {width:>6} {counts['critic_member']:>14,} {ups:>10.2f} {loop:>13.2f} {peak:>9.2f}", flush=True)
+    if args.mode:
+        one_cell(args)
+        sys.exit()
+
+    device = torch.device(args.device)
+    check_flop_formula()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}; batch {args.batch_size}, obs {args.obs_dim}, action {args.action_dim}, "
+          f"{args.num_tasks} tasks; FLOP formula checked against torch's counter")
+    if args.envs:
+        serial, workers = (time_envs(args.env_ids, a, args.seconds) for a in (False, True))
+        print(f"environments {' '.join(args.env_ids)} on {os.cpu_count()} cores: serial {serial:.1f} steps/s, "
+              f"--async-envs {workers:.1f} steps/s ({workers / serial:.2f}x)")
+    print(f"{'preset':>7} {'width':>6} {'mode':>10} {'GFLOP/upd':>10} {'updates/s':>10} {'TFLOP/s':>8} "
+          f"{'loop steps/s':>13} {'peak GiB':>9} {'warm-up s':>10}")
+    for preset, width in [(p, bro_mt.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]:
+        flops = update_flops(args.obs_dim, args.action_dim, args.num_tasks, width, args.batch_size)
+        for mode in args.modes:
+            row = f"{preset:>7} {width:>6} {mode:>10} {flops / 1e9:>10.1f}"
+            if MODES[mode].get("cudagraphs") and device.type != "cuda" and mode != "bf16":
+                print(f"{row}  n/a: CUDA graphs need a CUDA GPU", flush=True)
+                continue
+            child = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--width", str(width)] + [
+                a for a in sys.argv[1:]]
+            out = subprocess.run(child, capture_output=True, text=True)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                error = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"{row}  failed: {error}", flush=True)
+                continue
+            r = json.loads(line[len("RESULT "):])
+            loop = f"{r['loop_steps_per_s']:>13.2f}" if "loop_steps_per_s" in r else f"{'-':>13}"
+            print(f"{row} {r['updates_per_s']:>10.2f} {flops * r['updates_per_s'] / 1e12:>8.3f} {loop} "
+                  f"{r['peak_gib']:>9.2f} {r['warmup_s']:>10.1f}", flush=True)
+    if device.type != "cuda":
+        print("CPU: bf16 = --compile --bf16; peak GiB = the process's peak resident memory")
