@@ -27,9 +27,11 @@ ours, taken from standard practice, and named here with its reason:
 
 Map of the file (search for the section markers "# ----"):
   Args ..................... every flag
-  Games and preprocessing .. suites, reference scores, the ALE wrapper (no-ops, frame skip + max, 84x84)
+  Games and preprocessing .. suites, reference scores, the ALE wrapper (no-ops, frame skip + max, 84x84), and the
+                             gymnasium env the training loop's vector env steps (in worker processes: --async-envs)
   Networks ................. BroNet pieces (as in bro_mt.py), Impala encoder, the categorical Q-network
-  Categorical projection ... C51, and the double-DQN target built on it
+  Categorical projection ... C51, the double-DQN target built on it, and the update
+  Fast paths ............... opt-in torch.compile / CUDA graph versions of that same update (and --bf16)
   Reward normalisation ..... per-game scale from the largest discounted return seen
   Replay buffer ............ single uint8 frames per game; stacks and n-step returns rebuilt on sampling
   Checkpoints .............. everything needed to continue a run exactly
@@ -43,6 +45,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Literal, NamedTuple, Optional
 
 import ale_py
@@ -81,6 +84,16 @@ class Args:
     """path of a checkpoint to continue from (its games, head width and encoder width must match this run's)"""
     log_interval: int = 1000
     """print progress and write training losses to TensorBoard every N environment steps"""
+    compile: bool = False
+    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
+    cudagraphs: bool = False
+    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
+    bf16: bool = False
+    """run the network's convolutions and matmuls in bfloat16 (autocast; LayerNorm, softmax, projection and loss stay
+    float32); on CUDA also lets the remaining float32 matmuls use TF32. For the big presets on a GPU"""
+    async_envs: bool = False
+    """step every game's emulator in its own worker process while the updates run (they then sample the replay
+    buffer without the current step's transitions: a one-step data lag)"""
 
     # Algorithm specific arguments
     env_ids: list[str] = field(default_factory=lambda: ["ATARI_5"])
@@ -214,7 +227,7 @@ class AtariGame:
         self.num_actions = len(self.action_set)
         self.noop_max, self.noop_rng = noop_max, np.random.default_rng(seed)
         self.screens = np.zeros((2, 210, 160), np.uint8)
-        self.lives = 0
+        self.lives, self.last_action = 0, 0  # ALE starts every episode with the no-op as the action to repeat
 
     def _frame(self) -> np.ndarray:
         pooled = Image.fromarray(self.screens.max(axis=0))  # the max removes sprites' flicker between frames
@@ -225,6 +238,7 @@ class AtariGame:
             self.env.reset(seed=seed)
             self.noop_rng = np.random.default_rng(seed)
         self.ale.reset_game()
+        self.last_action = 0
         for _ in range(self.noop_rng.integers(1, self.noop_max + 1) if self.noop_max else 0):
             self.ale.act(self.action_set[0])
             if self.ale.game_over():
@@ -235,7 +249,7 @@ class AtariGame:
         return self._frame()
 
     def step(self, action: int):
-        reward = 0.0
+        reward, self.last_action = 0.0, int(action)
         for skip in range(FRAME_SKIP):
             reward += self.ale.act(self.action_set[action])
             if skip == FRAME_SKIP - 2:
@@ -255,15 +269,40 @@ class AtariGame:
         return self.ale.getScreenRGB()
 
     def get_state(self) -> dict:
-        """The emulator's state with its RNG (sticky actions), the no-op RNG and the life counter."""
+        """The emulator's state with its RNG (sticky actions), the no-op RNG, the life counter and the last action."""
         ale_state = np.frombuffer(self.ale.cloneState(include_rng=True).serialize(), np.uint8).copy()
         return {"ale": torch.from_numpy(ale_state), "noop_rng": self.noop_rng.bit_generator.state,
-                "lives": self.lives, "screens": torch.from_numpy(self.screens.copy())}
+                "lives": self.lives, "screens": torch.from_numpy(self.screens.copy()), "last_action": self.last_action}
 
     def set_state(self, state: dict):
+        # ALE's state leaves out the action that sticky actions repeat. Act with the last action until it holds (odds
+        # that 16 acts all repeat the old one: 0.25^16), then restore the state. Exact unless all four frames of the
+        # last step repeated the action before it (odds 0.25^4): ALE does not say which action it applied.
+        for _ in range(16):
+            self.ale.act(self.action_set[state.get("last_action", 0)])  # checkpoints from before it: the no-op
         self.ale.restoreState(ale_py.ALEState(state["ale"].numpy().tobytes()))
         self.noop_rng.bit_generator.state = state["noop_rng"]
         self.lives, self.screens = state["lives"], state["screens"].numpy().copy()
+
+
+class GameEnv(gym.Env):
+    """A game with AtariGame's interface as a gymnasium env, for the training loop's vector env (which steps every
+    game in its own worker process with --async-envs). The observation is the newest frame (the loop stacks frames
+    itself), info["life_lost"] says the step cost a life, and `state` reaches get_state/set_state for checkpoints."""
+
+    def __init__(self, make_env: Callable, game: str, seed: int):
+        self.game = make_env(game, seed)
+        self.observation_space = gym.spaces.Box(0, 255, (FRAME_SIZE, FRAME_SIZE), np.uint8)
+        self.action_space = gym.spaces.Discrete(self.game.num_actions)
+
+    def reset(self, seed: Optional[int] = None, options=None):
+        return self.game.reset(seed), {}
+
+    def step(self, action):
+        frame, reward, terminated, truncated, life_lost = self.game.step(action)
+        return frame, reward, terminated, truncated, {"life_lost": bool(life_lost)}
+
+    state = property(lambda self: self.game.get_state(), lambda self, state: self.game.set_state(state))
 
 
 # ---- Networks ----
@@ -295,7 +334,8 @@ class EnsembleLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        # .float(): under --bf16 the matmul before it ran in bfloat16, but the normalisation stays in float32
+        return F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
 
 class BroNetBlock(nn.Module):
@@ -357,11 +397,12 @@ class QNetwork(nn.Module):
 
     Pixels -> shared encoder -> [features, game_embedding] -> BroNet head -> logits over the return support for
     every action, [batch, actions, num_bins]. The game embedding is unit length, as BRC's task embedding.
+    bf16=True (--bf16) runs the convolutions and matmuls in bfloat16 and returns float32 logits.
     """
 
-    def __init__(self, num_games, num_actions, width, encoder_width=16, num_bins=101, embedding_dim=32):
+    def __init__(self, num_games, num_actions, width, encoder_width=16, num_bins=101, embedding_dim=32, bf16=False):
         super().__init__()
-        self.num_actions, self.num_bins = num_actions, num_bins
+        self.num_actions, self.num_bins, self.bf16 = num_actions, num_bins, bf16
         self.encoder = ImpalaEncoder(encoder_width)
         self.game_embedding = nn.Embedding(num_games, embedding_dim) if num_games > 1 else None
         self.embedding_dim = embedding_dim if num_games > 1 else 0
@@ -375,8 +416,11 @@ class QNetwork(nn.Module):
         return F.normalize(self.game_embedding(game_ids), dim=-1)
 
     def forward(self, frames: torch.Tensor, game_ids: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.encoder(frames), self.embed(game_ids)], dim=-1)
-        return self.head(self.trunk(x[None]))[0].view(len(x), self.num_actions, self.num_bins)
+        with torch.autocast(frames.device.type, torch.bfloat16, enabled=self.bf16):
+            x = torch.cat([self.encoder(frames), self.embed(game_ids)], dim=-1)
+            logits = self.head(self.trunk(x[None]))[0]  # [batch, actions * num_bins]
+        # softmax, projection and loss in float32 (a no-op without --bf16)
+        return logits.float().view(len(x), self.num_actions, self.num_bins)
 
 
 def q_values(logits: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -421,7 +465,8 @@ def double_dqn_target(next_online_logits, next_target_logits, returns, bootstrap
     network's distribution of a' is moved to R + bootstrap * z (R: the n-step return, bootstrap: gamma^k, or 0
     after a termination) and projected back onto the support."""
     next_actions = q_values(next_online_logits, support).argmax(-1)
-    next_probs = next_target_logits.softmax(-1)[torch.arange(len(next_actions)), next_actions]
+    rows = torch.arange(len(next_actions), device=next_actions.device)
+    next_probs = next_target_logits.softmax(-1)[rows, next_actions]  # the target network's distribution of a'
     return categorical_projection(returns[:, None] + bootstrap[:, None] * support, next_probs, support)
 
 
@@ -443,7 +488,8 @@ def critic_loss(q_network, target_network, batch: Batch, support):
         target_probs = double_dqn_target(q_network(batch.next_obs, batch.game_ids),
                                          target_network(batch.next_obs, batch.game_ids), batch.returns,
                                          batch.bootstrap, support)
-    logits = q_network(batch.obs, batch.game_ids)[torch.arange(len(batch.actions)), batch.actions]  # [batch, bins]
+    rows = torch.arange(len(batch.actions), device=batch.actions.device)
+    logits = q_network(batch.obs, batch.game_ids)[rows, batch.actions]  # [batch, bins]
     loss = -(target_probs * logits.log_softmax(-1)).sum(-1).mean()
     return loss, (logits.detach().softmax(-1) * support).sum(-1).mean()
 
@@ -467,6 +513,48 @@ def epsilon_schedule(step: int, learning_starts: int, decay_steps: int, epsilon_
     """Epsilon-greedy rate: 1 until learning starts, then linearly down to `epsilon_end` over `decay_steps`."""
     progress = min(max((step - learning_starts) / decay_steps, 0.0), 1.0)
     return 1.0 + progress * (epsilon_end - 1.0)
+
+
+# ---- Fast paths (opt-in; the eager `update` above is the reference) ----
+def fast_update(update_step, compile: bool, cudagraphs: bool):
+    """`update_step(batch) -> metrics`, compiled by torch.compile (--compile) and/or replayed as a CUDA graph
+    (--cudagraphs). Both run exactly the code above; tests/test_atari_fast.py checks they give the same numbers."""
+    if compile:
+        update_step = torch.compile(update_step)
+    return CUDAGraphUpdate(update_step) if cudagraphs else update_step
+
+
+class CUDAGraphUpdate:
+    """Record one update's kernels as a CUDA graph, then replay the whole update with a single launch.
+
+    A graph replays fixed memory addresses, so: each batch is copied into the graph's own input tensors, the
+    optimiser keeps its step count on the GPU (`capturable=True`), and every other tensor the update reads is
+    changed in place, never reassigned (here nothing else changes: the reward scale enters in sampling, outside the
+    graph). CUDA wants a few ordinary runs on a side stream before recording; those `warmup` updates are real
+    updates of the run.
+    """
+
+    def __init__(self, update_step, warmup: int = 3):
+        self.update_step, self.warmup, self.graph = update_step, warmup, None
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.graph is None and self.warmup > 0:
+            self.warmup -= 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                metrics = self.update_step(batch)
+            torch.cuda.current_stream().wait_stream(stream)
+            return metrics
+        if self.graph is None:  # record (nothing runs while recording; the replay below does this update)
+            self.batch = Batch(*(x.clone() for x in batch))
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.metrics = self.update_step(self.batch)
+        for static, x in zip(self.batch, batch):
+            static.copy_(x)
+        self.graph.replay()
+        return self.metrics.clone()
 
 
 # ---- Reward normalisation ----
@@ -757,9 +845,13 @@ def main(args: Args, make_env: Optional[Callable] = None):
                          "its stack and its n following entries in the buffer)")
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cudagraphs and device.type != "cuda":
+        raise SystemExit("--cudagraphs records CUDA graphs and needs a CUDA GPU; on a CPU use --compile alone")
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow wide CPU matmuls by up to ~9x
+    if args.bf16 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
 
@@ -768,11 +860,10 @@ def main(args: Args, make_env: Optional[Callable] = None):
         def make_env(game, seed):
             return AtariGame(game, seed, num_games > 1, args.repeat_action_probability, args.noop_max,
                              args.max_episode_frames)
-    envs = [make_env(game, args.seed + i) for i, game in enumerate(env_ids)]
     eval_envs = [make_env(game, args.seed + 10_000 + i) for i, game in enumerate(env_ids)]
-    num_actions = envs[0].num_actions
-    if any(env.num_actions != num_actions for env in envs):
-        raise SystemExit(f"games with different action counts {[env.num_actions for env in envs]}")
+    num_actions = eval_envs[0].num_actions
+    if any(env.num_actions != num_actions for env in eval_envs):
+        raise SystemExit(f"games with different action counts {[env.num_actions for env in eval_envs]}")
 
     # -- Memory: refuse up front what cannot fit --
     counts = model_parameter_counts(num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim)
@@ -799,17 +890,31 @@ def main(args: Args, make_env: Optional[Callable] = None):
           f"{counts['head']:,}, game embedding {counts['game_embedding']:,})")
     print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
 
+    # The training games as one vector env; with --async-envs each steps in its own worker process. An episode that
+    # ends is reset within the step; its final frame and info come back in infos["final_obs"] / infos["final_info"].
+    # The workers inherit ignored Ctrl-C and SIGTERM (a terminal sends Ctrl-C to them too): this process finishes the
+    # step, saves the checkpoint and then closes them.
+    env_fns = [partial(GameEnv, make_env, game, args.seed + i) for i, game in enumerate(env_ids)]
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    envs = vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
+
     # -- Networks and optimiser --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-    net_args = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim)
+    net_args = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim, args.bf16)
     q_network, target_network = QNetwork(*net_args).to(device), QNetwork(*net_args).to(device)
     target_network.load_state_dict(q_network.state_dict())
     target_network.requires_grad_(False)
-    optimizer = torch.optim.AdamW(q_network.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    # capturable: a CUDA graph needs the optimiser's step count on the GPU
+    optimizer = torch.optim.AdamW(q_network.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  capturable=args.cudagraphs)
     rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
     normalizer = RewardNormalizer(num_games, args.gamma)
 
-    obs = np.stack([np.repeat(env.reset()[None], FRAME_STACK, 0) for env in envs])  # [games, 4, 84, 84]
+    first_frames, _ = envs.reset()  # [games, 84, 84]
+    obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)  # [games, 4, 84, 84]: the first stack repeats the frame
     first = np.ones(num_games, bool)  # does obs[i] begin an episode?
     episode_returns = np.zeros(num_games)
     global_step, run_name = 0, f"{env_ids[0] if num_games == 1 else f'{num_games}games'}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -823,7 +928,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
             "optimizer": optimizer.state_dict(), "normalizer": normalizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
                     "numpy": rng.bit_generator.state},
-            "envs": [env.get_state() for env in envs], "obs": torch.from_numpy(obs.copy()),
+            "envs": list(envs.get_attr("state")), "obs": torch.from_numpy(obs.copy()),
             "first": torch.from_numpy(first.copy()), "episode_returns": torch.from_numpy(episode_returns.copy()),
             "replay_buffer": rb.state_dict() if args.save_buffer else None,
         }
@@ -839,8 +944,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         rng.bit_generator.state = ckpt["rng"]["numpy"]
-        for env, state in zip(envs, ckpt["envs"]):
-            env.set_state(state)
+        envs.set_attr("state", ckpt["envs"])
         obs, first = ckpt["obs"].numpy().copy(), ckpt["first"].numpy().copy()
         episode_returns = ckpt["episode_returns"].numpy().copy()
         if ckpt["replay_buffer"] is not None:
@@ -873,8 +977,29 @@ def main(args: Args, make_env: Optional[Callable] = None):
         print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Each game's reward divisor (G_bar / 10), refreshed in place by learn(); sampling applies it, outside the update.
     scale = torch.ones(num_games, device=device)
+    scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+    polyak_tau = 0.0 if args.target_network_frequency else args.tau
+
+    def update_step(batch: Batch) -> torch.Tensor:
+        return update(batch, q_network, target_network, optimizer, support, polyak_tau)
+
+    update_step = fast_update(update_step, args.compile, args.cudagraphs)
     metrics_sum, metrics_count = torch.zeros(2, device=device), 0
+
+    def learn():
+        """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+        nonlocal scale_stale, metrics_count, updates
+        if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
+            scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
+            scale_stale = False
+        for _ in range(args.updates_per_step):
+            batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
+            metrics_sum.add_(update_step(batch))
+            metrics_count += 1
+            updates += 1
+
     start_time, start_step, updates = time.time(), global_step, 0
     try:
         while global_step < args.total_timesteps and not stop_requested:
@@ -885,54 +1010,56 @@ def main(args: Args, make_env: Optional[Callable] = None):
             if not explore.all():
                 actions = np.where(explore, actions, greedy_actions(q_network, obs, support, device))
 
-            # -- step envs and record --
-            frames, rewards = obs[:, -1].copy(), np.zeros(num_games, np.float32)
-            terminal, truncated_games, final_frames = np.zeros(num_games, bool), [], []
-            next_first = np.zeros(num_games, bool)
-            for i, env in enumerate(envs):
-                frame, r, terminated, truncated, life_lost = env.step(actions[i])
-                rewards[i], terminal[i] = r, terminated or (life_lost and args.terminal_on_life_loss)
-                normalizer.record(i, r)
-                episode_returns[i] += r
-                if terminal[i] or truncated:  # with lives as terminals, each life is an episode of the normaliser
+            # -- step envs -- With --async-envs the worker processes emulate while this process runs the update,
+            # which then samples transitions up to the previous step (a one-step data lag; see the README).
+            if args.async_envs:
+                envs.step_async(actions)
+                if global_step >= learning_starts:
+                    learn()
+                next_frames, rewards, terminations, truncations, infos = envs.step_wait()
+            else:
+                next_frames, rewards, terminations, truncations, infos = envs.step(actions)
+
+            # -- record -- Where an episode ended, next_frames holds the next episode's first frame; the step's own
+            # frame and info are in infos["final_obs"] and infos["final_info"].
+            frames, terminal = obs[:, -1].copy(), np.zeros(num_games, bool)  # entry t: the newest frame of s_t
+            ended = terminations | truncations
+            for i in range(num_games):
+                life_lost = (infos["final_info"] if ended[i] else infos)["life_lost"][i]
+                terminal[i] = terminations[i] or (life_lost and args.terminal_on_life_loss)
+                normalizer.record(i, float(rewards[i]))
+                episode_returns[i] += rewards[i]
+                if terminal[i] or truncations[i]:  # with lives as terminals, each life is an episode of the normaliser
                     normalizer.end_episode(i, terminal[i])
-                if terminated or truncated:
+                    scale_stale = True
+                if ended[i]:
                     writer.add_scalar(f"charts/episodic_return/{env_ids[i]}", episode_returns[i], global_step)
                     episode_returns[i] = 0
-                    if not terminated:
-                        truncated_games.append(i)
-                        final_frames.append(frame)
-                    obs[i] = env.reset()[None]
-                    next_first[i] = True
+                    obs[i] = next_frames[i]  # the new episode's first stack repeats its first frame
                 else:
-                    push_frame(obs[i], frame)
+                    push_frame(obs[i], next_frames[i])
 
             # -- store: entry t of each game, then the final frame of each truncated episode --
             rb.add(frames, actions, rewards, terminal, first)
-            if truncated_games:
+            truncated_games = np.flatnonzero(truncations & ~terminations)
+            if len(truncated_games):
                 zeros = np.zeros(len(truncated_games))
-                rb.add(np.stack(final_frames), zeros, zeros, zeros, zeros, np.ones(len(truncated_games)), truncated_games)
-            first = next_first
+                rb.add(np.stack(infos["final_obs"][truncated_games]), zeros, zeros, zeros, zeros,
+                       np.ones(len(truncated_games)), truncated_games)
+            first = ended
             global_step += 1
 
-            # -- update --
-            if global_step > learning_starts:
-                if not args.clip_rewards and (terminal.any() or truncated_games or normalizer.needs_fallback() or updates == 0):
-                    scale = reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device))
-                for _ in range(args.updates_per_step):
-                    batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
-                    polyak_tau = 0.0 if args.target_network_frequency else args.tau
-                    step_metrics = update(batch, q_network, target_network, optimizer, support, polyak_tau)
-                    updates += 1
-                    metrics_sum += step_metrics
-                    metrics_count += 1
-                if args.target_network_frequency and global_step % args.target_network_frequency == 0:
-                    target_network.load_state_dict(q_network.state_dict())
-                if not torch.isfinite(step_metrics).all():
-                    nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
-                    save_checkpoint(nan_path, checkpoint_state())
-                    raise SystemExit(f"non-finite loss at step {global_step} (critic {step_metrics[0].item()}); "
-                                     f"state saved to {nan_path}")
+            # -- update (the serial loop; see above for --async-envs) --
+            if not args.async_envs and global_step > learning_starts:
+                learn()
+            if (global_step > learning_starts and args.target_network_frequency
+                    and global_step % args.target_network_frequency == 0):
+                target_network.load_state_dict(q_network.state_dict())
+            if metrics_count and not torch.isfinite(metrics_sum).all():  # one sync per step, as acting needs
+                nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
+                save_checkpoint(nan_path, checkpoint_state())
+                raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic loss, Q = "
+                                 f"{(metrics_sum / metrics_count).tolist()}); state saved to {nan_path}")
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
@@ -982,6 +1109,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
     finally:
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
+        envs.close()
         writer.close()
         if args.track:
             wandb.finish()
