@@ -831,11 +831,15 @@ def main(args: Args):
                              "or OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa.")
 
     # The training envs, padded to one space. With --async-envs each steps in a worker process. An episode that
-    # ends is reset at once; its true final observation comes back in infos["final_obs"].
+    # ends is reset at once; its true final observation comes back in infos["final_obs"]. The workers inherit
+    # ignored Ctrl-C and SIGTERM (a terminal sends Ctrl-C to them too): this process saves, then closes them.
     env_fns = [partial(DMCEnv, env_id, args.seed + i, args.max_episode_steps, (obs_dim, action_dim))
                for i, env_id in enumerate(env_ids)]
     vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     envs = vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
     # -- Networks and optimisers --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)

@@ -2,7 +2,12 @@
 tolerance), --cudagraphs (CUDA only; skipped without a GPU), and --async-envs (bit-identical environments)."""
 
 import copy
+import glob
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -10,7 +15,7 @@ import pytest
 import torch
 
 import bro_mt
-from test_mt_train import run
+from test_mt_train import REPO, run
 
 OBS, ACT, TASKS, WIDTH, BATCH, UPDATES = 11, 3, 3, 32, 64, 4
 
@@ -165,3 +170,27 @@ def test_async_envs_run_learns_and_resumes_exactly():
         for name, value in full[key].items():
             torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=0, msg=f"{key}.{name}")
     torch.testing.assert_close(resumed["obs"], full["obs"], rtol=0, atol=0)
+
+
+def test_ctrl_c_with_async_envs_saves_a_checkpoint(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, workers included: they must ignore it, so that the main
+    process finishes its step, saves and closes them (instead of dying on a broken pipe)."""
+    script = ("import bro_mt; bro_mt.main(bro_mt.Args(env_ids=['DMC_TINY'], critic_width=32, batch_size=32, "
+              "learning_starts=20, total_timesteps=100_000, buffer_size=1000, log_interval=10, eval_interval=100_000, "
+              "async_envs=True))")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-u", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("step 40/"):  # updates are running
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        output = "".join(lines) + process.communicate(timeout=120)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "stopped at step" in output, output[-3000:]
+    ckpt = torch.load(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))[0], weights_only=True)
+    assert ckpt["global_step"] >= 40 and len(ckpt["envs"]) == 2
