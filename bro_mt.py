@@ -325,7 +325,8 @@ class Critic(nn.Module):
             out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, heads * num_bins]
         out = out.float()  # softmax, projection and loss in float32 (a no-op without --bf16)
         if self.conditioning == "multihead":  # keep each sample's own task head
-            out = out.view(self.members, len(x), self.num_tasks, self.num_bins)[:, torch.arange(len(x)), task_ids]
+            rows = torch.arange(len(x), device=x.device)
+            out = out.view(self.members, len(x), self.num_tasks, self.num_bins)[:, rows, task_ids]
         return out  # [members, batch, num_bins]
 
 
