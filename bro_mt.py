@@ -940,17 +940,16 @@ def main(args: Args):
                       max_abs_return, support, args.gamma, args.tau)
 
     update_step = fast_update(update_step, args.compile, args.cudagraphs)
-    metrics_sum, metrics_count = torch.zeros(5, device=device), 0
+    metrics_sum = torch.zeros(5, device=device)  # summed over the updates since the last progress line
 
     def learn():
         """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-        nonlocal scale_stale, metrics_count, updates
+        nonlocal scale_stale, updates
         if args.reward_norm and (scale_stale or normalizer.needs_fallback()):
             max_abs_return.copy_(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32))
             scale_stale = False
         for _ in range(args.updates_per_step):
             metrics_sum.add_(update_step(rb.sample(batch_size, device)))
-            metrics_count += 1
             updates += 1
 
     random_action_mask = action_masks.cpu().numpy()
@@ -994,11 +993,12 @@ def main(args: Args):
             # -- update (the serial loop; see above for --async-envs) --
             if not args.async_envs and global_step > learning_starts:
                 learn()
-            if metrics_count and not torch.isfinite(metrics_sum[:3]).all():  # one sync per step, as acting needs
+            interval_updates = updates - last_log[2]
+            if interval_updates and not torch.isfinite(metrics_sum[:3]).all():  # one sync per step, as acting needs
                 nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
                 save_checkpoint(nan_path, checkpoint_state())
                 raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic, actor, "
-                                 f"temperature = {(metrics_sum[:3] / metrics_count).tolist()}); "
+                                 f"temperature = {(metrics_sum[:3] / interval_updates).tolist()}); "
                                  f"state saved to {nan_path}")
 
             # -- evaluate, log, checkpoint --
@@ -1016,14 +1016,14 @@ def main(args: Args):
                 sps = (global_step - last_log[0]) / (now - last_log[1])
                 eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/updates_per_second", (updates - last_log[2]) / (now - last_log[1]), global_step)
+                writer.add_scalar("charts/updates_per_second", interval_updates / (now - last_log[1]), global_step)
                 last_log = (global_step, now, updates)
                 line = (f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | "
                         f"ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m")
-                if metrics_count:
+                if interval_updates:
                     names = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy",
                              "charts/q_mean"]
-                    values = (metrics_sum / metrics_count).tolist()
+                    values = (metrics_sum / interval_updates).tolist()
                     for name, value in zip(names, values):
                         writer.add_scalar(name, value, global_step)
                     alpha = log_alpha.exp().item()
@@ -1034,7 +1034,6 @@ def main(args: Args):
                             writer.add_scalar(f"charts/reward_scale/{env_id}", s, global_step)
                     line += f" | critic {values[0]:.3f} actor {values[1]:.3f} alpha {alpha:.4f} Q {values[4]:.2f}"
                     metrics_sum.zero_()
-                    metrics_count = 0
                 print(line, flush=True)
             if args.save_every and global_step % args.save_every == 0:
                 save_checkpoint(checkpoint_path, checkpoint_state())

@@ -226,8 +226,7 @@ if __name__ == "__main__":
             if MODES[mode].get("cudagraphs") and device.type != "cuda" and mode != "bf16":
                 print(f"{row}  n/a: CUDA graphs need a CUDA GPU", flush=True)
                 continue
-            child = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--width", str(width)] + [
-                a for a in sys.argv[1:]]
+            child = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--width", str(width)] + sys.argv[1:]
             out = subprocess.run(child, capture_output=True, text=True)
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:

@@ -7,9 +7,6 @@ torch.compile needs 50-90 s to compile the update on a small CPU, so only one te
 import glob
 import importlib.util
 import os
-import signal
-import subprocess
-import sys
 from functools import partial
 
 import gymnasium as gym
@@ -19,6 +16,7 @@ import torch
 import tyro
 
 from bro_atari import AtariGame, Args, Batch, GameEnv, QNetwork, critic_loss, fast_update, main, update
+from ctrl_c import press_ctrl_c_during
 from test_atari import PixelGame, one_thread, tiny_args  # noqa: F401 (one_thread is a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,20 +215,8 @@ def test_ctrl_c_with_async_envs_saves_a_checkpoint(tmp_path):
     script = ("import bro_atari; bro_atari.main(bro_atari.Args(env_ids=['Pong', 'Breakout'], critic_width=32, "
               "encoder_width=2, batch_size=8, buffer_size=500, learning_starts=10, total_timesteps=100_000, "
               "log_interval=5, eval_interval=100_000, cuda=False, async_envs=True))")
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-u", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("step 15/"):  # updates are running
-                os.killpg(process.pid, signal.SIGINT)
-                break
-        output = "".join(lines) + process.communicate(timeout=120)[0]
-    finally:
-        process.kill()
-    assert process.returncode == 0 and "stopped at step" in output, output[-3000:]
+    returncode, output = press_ctrl_c_during(script, tmp_path, when="step 15/")  # updates are running
+    assert returncode == 0 and "stopped at step" in output, output[-3000:]
     assert glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))
 
 

@@ -4,10 +4,6 @@ tolerance), --cudagraphs (CUDA only; skipped without a GPU), and --async-envs (b
 import copy
 import glob
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -15,7 +11,8 @@ import pytest
 import torch
 
 import bro_mt
-from test_mt_train import REPO, run
+from ctrl_c import press_ctrl_c_during
+from test_mt_train import run
 
 OBS, ACT, TASKS, WIDTH, BATCH, UPDATES = 11, 3, 3, 32, 64, 4
 
@@ -178,19 +175,7 @@ def test_ctrl_c_with_async_envs_saves_a_checkpoint(tmp_path):
     script = ("import bro_mt; bro_mt.main(bro_mt.Args(env_ids=['DMC_TINY'], critic_width=32, batch_size=32, "
               "learning_starts=20, total_timesteps=100_000, buffer_size=1000, log_interval=10, eval_interval=100_000, "
               "async_envs=True))")
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-u", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("step 40/"):  # updates are running
-                os.killpg(process.pid, signal.SIGINT)
-                break
-        output = "".join(lines) + process.communicate(timeout=120)[0]
-    finally:
-        process.kill()
-    assert process.returncode == 0 and "stopped at step" in output, output[-3000:]
+    returncode, output = press_ctrl_c_during(script, tmp_path, when="step 40/")  # updates are running
+    assert returncode == 0 and "stopped at step" in output, output[-3000:]
     ckpt = torch.load(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))[0], weights_only=True)
     assert ckpt["global_step"] >= 40 and len(ckpt["envs"]) == 2
