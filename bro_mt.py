@@ -7,24 +7,26 @@ distribution over 101 return atoms (Categorical, trained by cross-entropy), cond
 embedding. Rewards are normalised per task so that every task's returns share one scale.
 
 Map of the file (search for the section markers "# ----"):
-  Args ..................... every flag; the defaults are the paper's (the authors' released code)
-  Tasks and environments ... task suites, id validation, a flat-observation dm_control wrapper
+  Args ..................... every flag: the algorithm's (defaults = the authors' released code), the ablations,
+                             then the ones that only run the experiment
+  Tasks and environments ... task suites, a flat-observation dm_control wrapper, how tasks of different sizes
+                             share one network (padding and action masks)
   Networks ................. ensemble layers, BroNet, the categorical critic with task embedding, the actor
   Categorical projection ... C51: put the shifted target distribution back on the fixed support
-  Losses ................... critic cross-entropy (or the MSE ablation), actor, temperature; one update
-  Fast paths ............... opt-in torch.compile / CUDA graph / bf16 versions of that same update
+  Losses and the update .... critic cross-entropy, actor, temperature; one update in the paper's order
   Reward normalisation ..... per-task scale from the largest discounted return seen
   Replay buffer ............ per-task ring buffers [tasks, capacity, dim] on the training device
-  Checkpoints .............. everything needed to continue a run exactly; transfer to new tasks; memory checks
   Evaluation ............... deterministic episodes of every task in lockstep, optional videos
+  Ablations and transfer ... --critic-loss mse, --task-conditioning multihead, --init-from
   Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
+What is not BRC (checkpoints, run folders, logging, signals, memory checks, --compile / --cudagraphs, vector
+envs) lives in run_utils.py; you never need to read it to learn the method.
 """
 
+import contextlib
 import math
 import os
-import signal
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, NamedTuple, Optional
 
@@ -41,45 +43,12 @@ import torch.nn.functional as F
 import tyro
 from dm_control import suite
 
+import run_utils
+
 
 @dataclass
 class Args:
-    exp_name: str = "bro_mt"
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the networks, the replay sampling and the environments"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, train on CUDA when it is available (CPU otherwise)"""
-    track: bool = False
-    """if toggled, also log to Weights and Biases (`pip install wandb`)"""
-    wandb_project_name: str = "brc"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """if toggled, save a video of the first evaluation episode of every task to `runs/{run_name}/videos`"""
-    save_every: int = 0
-    """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
-    save_buffer: bool = False
-    """if toggled, checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
-    resume: Optional[str] = None
-    """path of a checkpoint to continue from (its tasks and critic width must match this run's)"""
-    log_interval: int = 1000
-    """print progress and write training losses to TensorBoard every N environment steps"""
-    compile: bool = False
-    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
-    cudagraphs: bool = False
-    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
-    bf16: bool = False
-    """run the critic's matmuls in bfloat16 (autocast; LayerNorm, softmax, projection and losses stay float32);
-    on CUDA also lets the remaining float32 matmuls use TF32. For the big presets on a GPU"""
-    async_envs: bool = False
-    """step every task's environment in its own worker process, while the updates run (they then sample the replay
-    buffer without the current step's transitions: a one-step data lag)"""
-
-    # Algorithm specific arguments
+    # Algorithm (defaults: the paper's)
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
     """dm_control `domain-task` ids (dog-run, ...) and/or suites: DMC_DOGS, DMC_HUMANOIDS, DMC_HARD (both: the 7
     tasks of the reference curves), DMC_EASY, DMC_TINY. One task = single-task mode (no embedding)"""
@@ -117,6 +86,14 @@ class Args:
     """highest atom of the support"""
     embedding_dim: int = 32
     """size of the learnable task embedding (multi-task only)"""
+    eval_interval: int = 50_000
+    """evaluate every N environment steps (and at the end)"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes per task"""
+    max_episode_steps: Optional[int] = None
+    """cut episodes after N steps (default: dm_control's own limit, 1000 steps); a truncation still bootstraps"""
+
+    # Ablations and transfer
     critic_loss: Literal["categorical", "mse"] = "categorical"
     """categorical: a distribution over the support trained by cross-entropy (BRC); mse: one output, squared TD error"""
     task_conditioning: Literal["embedding", "multihead", "none"] = "embedding"
@@ -127,12 +104,42 @@ class Args:
     """transfer: start the critic (trunk, head) and actor from a multi-task checkpoint; new tasks get new embeddings"""
     freeze_trunk: bool = False
     """with --init-from: keep the pretrained critic trunk fixed (the embeddings, the head and the actor still learn)"""
-    eval_interval: int = 50_000
-    """evaluate every N environment steps (and at the end)"""
-    eval_episodes: int = 10
-    """deterministic evaluation episodes per task"""
-    max_episode_steps: Optional[int] = None
-    """cut episodes after N steps (default: dm_control's own limit, 1000 steps); a truncation still bootstraps"""
+
+    # Running the experiment
+    exp_name: str = "bro_mt"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the networks, the replay sampling and the environments"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, train on CUDA when it is available (CPU otherwise)"""
+    track: bool = False
+    """if toggled, also log to Weights and Biases (`pip install wandb`)"""
+    wandb_project_name: str = "brc"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, save a video of the first evaluation episode of every task to `runs/{run_name}/videos`"""
+    save_every: int = 0
+    """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
+    save_buffer: bool = False
+    """if toggled, checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
+    resume: Optional[str] = None
+    """path of a checkpoint to continue from (its tasks and critic width must match this run's)"""
+    log_interval: int = 1000
+    """print progress and write training losses to TensorBoard every N environment steps"""
+    compile: bool = False
+    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
+    cudagraphs: bool = False
+    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
+    bf16: bool = False
+    """run the critic's matmuls in bfloat16 (autocast; LayerNorm, softmax, projection and losses stay float32);
+    on CUDA also lets the remaining float32 matmuls use TF32. For the big presets on a GPU"""
+    async_envs: bool = False
+    """step every task's environment in its own worker process, while the updates run (they then sample the replay
+    buffer without the current step's transitions: a one-step data lag)"""
 
 
 MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
@@ -156,24 +163,40 @@ def resolve_env_ids(env_ids: list[str]) -> list[str]:
     tasks = [t for name in env_ids for t in SUITES.get(name, [name])]
     unknown = [t for t in tasks if t not in valid]
     if unknown or not tasks:
-        domains = sorted({d for d, _ in suite.ALL_TASKS})
+        domains = ", ".join(sorted({d for d, _ in suite.ALL_TASKS}))
         raise SystemExit(
             f"unknown task id(s) {unknown or env_ids}. Use dm_control `domain-task` ids such as dog-run or "
-            f"cartpole-swingup (domains: {', '.join(domains)}), or a suite: {', '.join(SUITES)}."
+            f"cartpole-swingup (domains: {domains}), or a suite: {', '.join(SUITES)}."
         )
     if len(set(tasks)) != len(tasks):
         raise SystemExit(f"task list {tasks} names a task twice; each task must appear once")
     return tasks
 
 
+# How tasks of different sizes share one network. Every task's observation is zero-padded to the largest one
+# (DMCEnv's pad_to), and the actor emits the largest action size, of which task i's env uses the first |A_i| dims.
+# The released code stops there; we go further, so that padded dims carry no signal and cost no entropy:
+#   - action_masks[i] is 1 on task i's own dims: actions are multiplied by it wherever they are drawn (the actor,
+#     the random-action phase), stored in the replay buffer or fed to the critic;
+#   - log pi(a|s) sums over the task's own dims only (Actor.sample);
+#   - the target entropy is -|A_i| / 2 for a sample of task i, not -max|A| / 2 (temperature_loss, reward_scale).
+# With equal action sizes all of this is exactly the released behaviour.
+def action_masks_and_target_entropy(action_sizes: list[int], action_dim: int, device) -> tuple:
+    """[tasks, action_dim] masks (1 on each task's own action dims) and the per-task target entropy -|A_i| / 2."""
+    action_masks = torch.zeros(len(action_sizes), action_dim, device=device)
+    for i, size in enumerate(action_sizes):
+        action_masks[i, :size] = 1
+    return action_masks, -action_masks.sum(-1) / 2
+
+
 class DMCEnv(gym.Env):
     """A dm_control task as a gymnasium env: the observation dict flattened to float32, actions in [-1, 1].
 
     `terminated` is a true termination (dm_control's discount 0); `truncated` is the time limit, which bootstraps.
+    pad_to=(obs_dim, action_dim): zero-pad observations and ignore the extra action dims (see above).
     """
 
-    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None,
-                 pad_to: Optional[tuple[int, int]] = None):
+    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None, pad_to: Optional[tuple] = None):
         domain, task = env_id.split("-", 1)
         self.env_id = env_id
         self.env = suite.load(domain, task, task_kwargs={"random": seed})
@@ -181,8 +204,6 @@ class DMCEnv(gym.Env):
         self.action_low, self.action_high = spec.minimum, spec.maximum
         self.obs_size = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
         self.action_size = spec.shape[0]
-        # pad_to=(obs_dim, action_dim): zero-pad observations and ignore the extra action dims, so that tasks of
-        # different sizes share one space (the training loop's vector env needs that)
         obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
@@ -211,13 +232,13 @@ class DMCEnv(gym.Env):
     def render(self, size: int = 256) -> np.ndarray:
         return self.env.physics.render(height=size, width=size, camera_id=0)
 
+    # -- exact resume: the simulator's full integration state and the task's RNG --
     def get_state(self) -> dict:
-        """The simulator's full integration state and the task's RNG, so that a resumed run steps identically."""
         physics_state = self.env.physics.get_state(sig=mujoco.mjtState.mjSTATE_INTEGRATION)
         _, keys, pos, has_gauss, cached = self.env.task.random.get_state()
-        return {"physics": torch.from_numpy(physics_state), "rng_keys": torch.from_numpy(keys.astype(np.int64)),
-                "rng_pos": pos, "rng_has_gauss": has_gauss, "rng_cached": cached, "step": self.episode_step,
-                "dm_step": self.env._step_count}
+        rng = {"rng_keys": torch.from_numpy(keys.astype(np.int64)), "rng_pos": pos, "rng_has_gauss": has_gauss}
+        steps = {"step": self.episode_step, "dm_step": self.env._step_count}
+        return {"physics": torch.from_numpy(physics_state), **rng, "rng_cached": cached, **steps}
 
     def set_state(self, state: dict):
         self.env.reset()
@@ -248,6 +269,10 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def extra_repr(self) -> str:
+        members, in_features, out_features = self.weight.shape
+        return f"members={members}, in_features={in_features}, out_features={out_features}"
+
 
 class EnsembleLayerNorm(nn.Module):
     """LayerNorm over the features with a separate scale and shift per ensemble member."""
@@ -261,6 +286,9 @@ class EnsembleLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # .float(): under --bf16 the matmul before it ran in bfloat16, but the normalisation stays in float32
         return F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"members={self.weight.shape[0]}, features={self.weight.shape[-1]}, eps={self.eps}"
 
 
 class BroNetBlock(nn.Module):
@@ -291,29 +319,26 @@ class Critic(nn.Module):
     """Categorical critic ensemble conditioned on a learnable task embedding.
 
     Each member maps [obs, action, task_embedding] to logits over the return support. The critic owns the
-    embedding: only the critic loss trains it, and the actor reads a detached copy.
-    Ablations (--task-conditioning): "multihead" gives each task its own output head on a shared trunk (the actor
-    then reads a one-hot task id); "none" tells neither network the task. num_bins=1 is the MSE critic.
+    embedding: only the critic loss trains it, and the actor reads a detached copy. conditioning="none" (the default
+    with one task) gives neither network the task; `heads` > 1 serves the multihead ablation (MultiHeadCritic).
     bf16=True (--bf16) runs the matmuls in bfloat16 and returns float32 logits.
     """
 
-    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE,
-                 conditioning=None, bf16=False):
+    def __init__(
+        self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE,
+        conditioning=None, bf16=False, heads=1,
+    ):  # fmt: skip
         super().__init__()
-        conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
-        self.members, self.num_tasks, self.num_bins, self.conditioning = members, num_tasks, num_bins, conditioning
-        self.bf16 = bf16
-        self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if conditioning == "embedding" else None
-        # Width of embed(): what the actor reads about the task.
-        self.embedding_dim = {"embedding": embedding_dim, "multihead": num_tasks, "none": 0}[conditioning]
-        trunk_inputs = obs_dim + action_dim + (embedding_dim if conditioning == "embedding" else 0)
-        self.trunk = BroNet(members, trunk_inputs, width, CRITIC_DEPTH)
-        self.head = EnsembleLinear(members, width, num_bins * (num_tasks if conditioning == "multihead" else 1))
+        self.conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
+        self.members, self.num_tasks, self.num_bins, self.bf16 = members, num_tasks, num_bins, bf16
+        has_embedding = self.conditioning == "embedding"
+        self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if has_embedding else None
+        self.embedding_dim = embedding_dim if has_embedding else 0  # the width of embed(): what the actor reads
+        self.trunk = BroNet(members, obs_dim + action_dim + self.embedding_dim, width, CRITIC_DEPTH)
+        self.head = EnsembleLinear(members, width, num_bins * heads)
 
     def embed(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """Unit-length task embeddings [batch, embedding_dim] (one-hot for multihead, zero-width for none)."""
-        if self.conditioning == "multihead":
-            return F.one_hot(task_ids, self.num_tasks).float()
+        """Unit-length task embeddings [batch, embedding_dim] (zero-width without conditioning)."""
         if self.task_embedding is None:
             return torch.zeros(len(task_ids), 0, device=task_ids.device)
         return F.normalize(self.task_embedding(task_ids), dim=-1)
@@ -323,11 +348,7 @@ class Critic(nn.Module):
         x = torch.cat([obs, action, task_input], dim=-1)
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, heads * num_bins]
-        out = out.float()  # softmax, projection and loss in float32 (a no-op without --bf16)
-        if self.conditioning == "multihead":  # keep each sample's own task head
-            rows = torch.arange(len(x), device=x.device)
-            out = out.view(self.members, len(x), self.num_tasks, self.num_bins)[:, rows, task_ids]
-        return out  # [members, batch, num_bins]
+        return out.float()  # softmax, projection and loss in float32 (a no-op without --bf16)
 
 
 class Actor(nn.Module):
@@ -359,20 +380,32 @@ class Actor(nn.Module):
         return torch.tanh(self(obs, task_embedding)[0]) * action_mask
 
 
+def make_critic(conditioning: str, obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim, bf16=False):
+    """The critic --task-conditioning asks for: BRC's task embedding, the multihead ablation, or none."""
+    if conditioning == "multihead":
+        return MultiHeadCritic(obs_dim, action_dim, num_tasks, width, num_bins, bf16=bf16)
+    return Critic(obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim, conditioning=conditioning, bf16=bf16)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32,
-                           conditioning=None) -> dict:
+def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, conditioning=None):
     """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
+    conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
     with torch.device("meta"):
-        critic = Critic(obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim, conditioning=conditioning)
+        critic = make_critic(conditioning, obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim)
         actor = Actor(obs_dim, action_dim, critic.embedding_dim)
     ensemble = count_parameters(critic)
     embedding = count_parameters(critic.task_embedding) if critic.task_embedding is not None else 0
-    return {"critic_member": (ensemble - embedding) // critic.members, "critic_ensemble": ensemble,
-            "task_embedding": embedding, "actor": count_parameters(actor)}
+    member = (ensemble - embedding) // critic.members
+    return {
+        "critic_member": member,
+        "critic_ensemble": ensemble,
+        "task_embedding": embedding,
+        "actor": count_parameters(actor),
+    }
 
 
 # ---- Categorical projection (C51) ----
@@ -395,7 +428,7 @@ def categorical_projection(target_atoms: torch.Tensor, probs: torch.Tensor, supp
     return projected
 
 
-# ---- Losses ----
+# ---- Losses and the update ----
 class Batch(NamedTuple):
     obs: torch.Tensor  # [batch, obs_dim], zero-padded to the largest task
     actions: torch.Tensor  # [batch, action_dim], padded dims zero
@@ -407,7 +440,7 @@ class Batch(NamedTuple):
 
 def q_value(critic_out: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Q [batch] from the critic's output [members, batch, bins]: the expectation of the members' mean
-    distribution, or the members' mean for the one-output MSE critic."""
+    distribution (for the one-output MSE ablation: the members' mean)."""
     if critic_out.shape[-1] == 1:
         return critic_out[..., 0].mean(0)
     return (critic_out.softmax(-1).mean(0) * support).sum(-1)
@@ -417,25 +450,18 @@ def critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, rew
     """Cross-entropy between each member's distribution and the projected soft Bellman target.
 
     Target: mean over target members of softmax(logits(s', a')), atoms moved to r + gamma*m*(z - alpha*log pi(a'|s')).
-    The MSE ablation regresses each member on r + gamma*m*(Q_target(s', a') - alpha*log pi(a'|s')) instead.
     Returns the loss (summed over members, mean over the batch) and the mean Q of the online critic.
     """
     with torch.no_grad():
         next_actions, next_log_probs = actor.sample(batch.next_obs, critic.embed(batch.task_ids), action_mask)
-        next_out = target_critic(batch.next_obs, next_actions, batch.task_ids)  # [members, batch, bins]
+        next_probs = target_critic(batch.next_obs, next_actions, batch.task_ids).softmax(-1).mean(0)  # [batch, bins]
         rewards = batch.rewards / reward_scale
         bootstrap = gamma * (1 - batch.terminations)
         entropy_bonus = -log_alpha.exp() * next_log_probs
-        if critic.num_bins == 1:
-            target_q = rewards + bootstrap * (q_value(next_out, support) + entropy_bonus)
-        else:
-            target_atoms = rewards[:, None] + bootstrap[:, None] * (support + entropy_bonus[:, None])  # [batch, bins]
-            target_probs = categorical_projection(target_atoms, next_out.softmax(-1).mean(0), support)
+        target_atoms = rewards[:, None] + bootstrap[:, None] * (support + entropy_bonus[:, None])  # [batch, bins]
+        target_probs = categorical_projection(target_atoms, next_probs, support)
     out = critic(batch.obs, batch.actions, batch.task_ids)  # [members, batch, bins]
-    if critic.num_bins == 1:
-        loss = (out[..., 0] - target_q).pow(2).mean(-1).sum()
-    else:
-        loss = -(target_probs * out.log_softmax(-1)).sum(-1).mean(-1).sum()
+    loss = -(target_probs * out.log_softmax(-1)).sum(-1).mean(-1).sum()
     return loss, q_value(out.detach(), support).mean()
 
 
@@ -451,19 +477,23 @@ def temperature_loss(log_alpha, log_probs, target_entropy):
     return (log_alpha.exp() * (-log_probs - target_entropy)).mean()
 
 
-def update(batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, max_abs_return,
-           support, gamma, tau) -> torch.Tensor:
+def update(
+    batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, max_abs_return, support,
+    gamma, tau, critic_loss_fn=None,
+) -> torch.Tensor:  # fmt: skip
     """One BRC update in the paper's order: critic -> Polyak target -> actor -> temperature.
 
-    `max_abs_return` None means raw rewards (--no-reward-norm). Returns [critic loss, actor loss, temperature loss,
-    entropy, mean Q] as one tensor, with no host sync.
+    `max_abs_return` None means raw rewards (--no-reward-norm); `critic_loss_fn` (default: critic_loss) is where the
+    MSE ablation plugs in. Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor, with
+    no host sync.
     """
     critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
     action_mask = action_masks[batch.task_ids]
     scale = 1.0
     if max_abs_return is not None:
         scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, gamma)[batch.task_ids]
-    loss_q, q_mean = critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, scale, support, gamma)
+    loss_fn = critic_loss_fn or critic_loss
+    loss_q, q_mean = loss_fn(critic, target_critic, actor, log_alpha, batch, action_mask, scale, support, gamma)
     critic_optimizer.zero_grad(set_to_none=True)
     loss_q.backward()
     critic_optimizer.step()
@@ -487,46 +517,10 @@ def update(batch, critic, target_critic, actor, log_alpha, optimizers, action_ma
     return torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
 
 
-# ---- Fast paths (opt-in; the eager `update` above is the reference) ----
-def fast_update(update_step, compile: bool, cudagraphs: bool):
-    """`update_step(batch) -> metrics`, compiled by torch.compile (--compile) and/or replayed as a CUDA graph
-    (--cudagraphs). Both run exactly the code above; tests/test_mt_fast.py checks they give the same numbers."""
-    if compile:
-        torch._inductor.config.fallback_random = True  # eager's random numbers: --compile changes only rounding
-        update_step = torch.compile(update_step)
-    return CUDAGraphUpdate(update_step) if cudagraphs else update_step
-
-
-class CUDAGraphUpdate:
-    """Record one update's kernels as a CUDA graph, then replay the whole update with a single launch.
-
-    A graph replays fixed memory addresses, so: each batch is copied into the graph's own input tensors, the
-    optimisers keep their step counts on the GPU (`capturable=True`), and every other tensor the update reads (the
-    reward scale) is changed in place, never reassigned. CUDA wants a few ordinary runs on a side stream before
-    recording; those `warmup` updates are real updates of the run.
-    """
-
-    def __init__(self, update_step, warmup: int = 3):
-        self.update_step, self.warmup, self.graph = update_step, warmup, None
-
-    def __call__(self, batch: Batch) -> torch.Tensor:
-        if self.graph is None and self.warmup > 0:
-            self.warmup -= 1
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                metrics = self.update_step(batch)
-            torch.cuda.current_stream().wait_stream(stream)
-            return metrics
-        if self.graph is None:  # record (nothing runs while recording; the replay below does this update)
-            self.batch = Batch(*(x.clone() for x in batch))
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.metrics = self.update_step(self.batch)
-        for static, x in zip(self.batch, batch):
-            static.copy_(x)
-        self.graph.replay()
-        return self.metrics.clone()
+METRICS = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/q_mean"]
+PROGRESS = (
+    "critic {losses/critic_loss:.3f} actor {losses/actor_loss:.3f} alpha {charts/alpha:.4f} Q {charts/q_mean:.2f}"
+)
 
 
 # ---- Reward normalisation ----
@@ -580,9 +574,11 @@ class RewardNormalizer:
         return g_bar
 
     def state_dict(self) -> dict:
-        return {"max_return": torch.from_numpy(self.max_return.copy()),
-                "min_return": torch.from_numpy(self.min_return.copy()),
-                "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
+        extremes = {
+            "max_return": torch.from_numpy(self.max_return.copy()),
+            "min_return": torch.from_numpy(self.min_return.copy()),
+        }
+        return {**extremes, "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
 
     def load_state_dict(self, state: dict):
         self.max_return, self.min_return = state["max_return"].numpy().copy(), state["min_return"].numpy().copy()
@@ -640,88 +636,6 @@ class ReplayBuffer:
             buf[:, : self.size] = saved.to(self.device)
 
 
-# ---- Checkpoints ----
-CHECKPOINT_KEYS = {"version", "run_name", "config", "global_step", "actor", "critic", "target_critic", "log_alpha",
-                   "actor_optimizer", "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs",
-                   "episode_returns", "replay_buffer"}
-
-
-def save_checkpoint(path: str, state: dict):
-    """Write atomically: a crash while saving never leaves a half-written checkpoint behind."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path: str, flag: str = "--resume") -> dict:
-    """Load a bro_mt checkpoint, or stop with a message that says what is wrong with it."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SystemExit(f"{flag} {path}: no such file")
-    except Exception as error:
-        raise SystemExit(f"{flag} {path}: not a readable bro_mt checkpoint ({type(error).__name__}: {error}). "
-                         "It may be truncated or corrupt; use another checkpoint or start a new run.")
-    missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
-    if missing:
-        raise SystemExit(f"{flag} {path}: not a bro_mt checkpoint (missing {sorted(missing)})")
-    return ckpt
-
-
-def check_config(path: str, saved: dict, config: dict, flag: str = "--resume"):
-    """Refuse a checkpoint made for other tasks, sizes or ablation switches than this run's."""
-    for key in config:
-        if saved.get(key) != config[key]:
-            raise SystemExit(f"{flag} {path}: the checkpoint's {key} is {saved.get(key)} but this run's is "
-                             f"{config[key]}; pass the flags it was trained with (see its 'args')")
-
-
-def transfer(ckpt: dict, critic: Critic, actor: Actor):
-    """--init-from: copy a pretrained critic (trunk and head) and actor into a run on new tasks.
-
-    Each new task's embedding starts at the mean direction of the pretrained embeddings (an "average known task"
-    that the pretrained head already maps to sensible values) plus noise, so that several new tasks can tell
-    themselves apart. Optimisers, temperature and reward statistics start fresh: the new tasks' returns are new.
-    """
-    pretrained = ckpt["critic"]
-    critic.load_state_dict({k: v for k, v in pretrained.items() if k != "task_embedding.weight"}, strict=False)
-    with torch.no_grad():
-        mean = F.normalize(pretrained["task_embedding.weight"], dim=-1).mean(0).to(critic.task_embedding.weight)
-        noise = torch.randn_like(critic.task_embedding.weight) * 0.1 * mean.norm() / math.sqrt(len(mean))
-        critic.task_embedding.weight.copy_(mean + noise)
-    actor.load_state_dict(ckpt["actor"])
-
-
-def available_memory(device: torch.device) -> int:
-    """Free bytes on the device (CUDA) or available RAM (CPU, from /proc/meminfo where present)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
-    except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def gib(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.2f} GiB"
-
-
-def place_replay_buffer(device: torch.device, model_bytes: int, buffer_bytes: int, what: str) -> torch.device:
-    """Keep the replay buffer on the training device when it fits next to the model, else in RAM; refuse up front
-    (with the estimates) what fits nowhere, rather than failing hours into a run."""
-    free = available_memory(device)
-    if model_bytes > free:
-        raise SystemExit(f"the networks need ~{gib(model_bytes)} for weights, optimiser state and activations but "
-                         f"{device} has {gib(free)} free; pick a smaller --model-size or --batch-size")
-    if buffer_bytes <= free - model_bytes:
-        return device
-    if device.type == "cpu" or buffer_bytes > available_memory(torch.device("cpu")):
-        raise SystemExit(f"the replay buffer {what} needs {gib(buffer_bytes)} but only "
-                         f"{gib(available_memory(torch.device('cpu')))} of RAM is available; lower --buffer-size")
-    return torch.device("cpu")
-
-
 # ---- Evaluation ----
 def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None):
     """Mean return over `num_episodes` deterministic episodes per task; all tasks step in lockstep."""
@@ -748,104 +662,141 @@ def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, s
                 returns[i, episode] += r
                 done[i] = terminated or truncated
         if video_dir is not None and episode == 0:
-            import imageio
-
-            os.makedirs(video_dir, exist_ok=True)
-            for env, env_frames in zip(envs, frames):
-                imageio.mimsave(os.path.join(video_dir, f"{env.env_id}.mp4"), env_frames, fps=30)
+            run_utils.save_videos(video_dir, {env.env_id: env_frames for env, env_frames in zip(envs, frames)}, fps=30)
     return returns.mean(axis=1)
 
 
+# ---- Ablations and transfer (not on BRC's default path) ----
+def mse_critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, reward_scale, support, gamma):
+    """--critic-loss mse: each member's single output regresses on r + gamma*m*(Q_target(s', a') - alpha*log pi(a'|s'))
+    (the members' mean of the target critic). Returns the loss (summed over members) and the mean Q."""
+    with torch.no_grad():
+        next_actions, next_log_probs = actor.sample(batch.next_obs, critic.embed(batch.task_ids), action_mask)
+        next_q = q_value(target_critic(batch.next_obs, next_actions, batch.task_ids), support)
+        bootstrap = gamma * (1 - batch.terminations)
+        target_q = batch.rewards / reward_scale + bootstrap * (next_q - log_alpha.exp() * next_log_probs)
+    out = critic(batch.obs, batch.actions, batch.task_ids)  # [members, batch, 1]
+    return (out[..., 0] - target_q).pow(2).mean(-1).sum(), q_value(out.detach(), support).mean()
+
+
+class MultiHeadCritic(Critic):
+    """--task-conditioning multihead: one output head per task on a shared trunk that is not told the task; each
+    sample reads its own task's head. The actor reads a one-hot task id."""
+
+    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, members=ENSEMBLE_SIZE, bf16=False):
+        super().__init__(obs_dim, action_dim, num_tasks, width, num_bins, 0, members, "none", bf16, heads=num_tasks)
+        self.conditioning, self.embedding_dim = "multihead", num_tasks
+
+    def embed(self, task_ids: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(task_ids, self.num_tasks).float()
+
+    def forward(self, obs, action, task_ids) -> torch.Tensor:
+        out = super().forward(obs, action, task_ids)  # [members, batch, tasks * num_bins]
+        rows = torch.arange(len(task_ids), device=task_ids.device)
+        return out.view(self.members, len(task_ids), self.num_tasks, self.num_bins)[:, rows, task_ids]
+
+
+def load_pretrained(path: str, config: dict) -> tuple[dict, int, int]:
+    """--init-from: the pretrained checkpoint, checked against this run's `config`, and the padded observation and
+    action sizes of its networks (the new tasks are padded to them; they must not be larger)."""
+    source = run_utils.load_checkpoint(path, "bro_mt", CHECKPOINT_KEYS, "--init-from")
+    keys = ["critic_width", "critic_loss", "num_bins", "embedding_dim"]
+    run_utils.check_config(
+        path, source["config"], {k: config[k] for k in keys} | {"task_conditioning": "embedding"}, "--init-from"
+    )
+    obs_dim, action_dim = source["config"]["obs_dim"], source["config"]["action_dim"]
+    if config["task_conditioning"] != "embedding" or config["obs_dim"] > obs_dim or config["action_dim"] > action_dim:
+        raise SystemExit(
+            f"--init-from {path}: the pretrained networks take observations of up to {obs_dim} and actions of up to "
+            f"{action_dim} dims with a task embedding; these tasks need {config['obs_dim']} and {config['action_dim']}"
+        )
+    return source, obs_dim, action_dim
+
+
+def transfer(ckpt: dict, critic: Critic, actor: Actor):
+    """--init-from: copy a pretrained critic (trunk and head) and actor into a run on new tasks.
+
+    Each new task's embedding starts at the mean direction of the pretrained embeddings (an "average known task"
+    that the pretrained head already maps to sensible values) plus noise, so that several new tasks can tell
+    themselves apart. Optimisers, temperature and reward statistics start fresh: the new tasks' returns are new.
+    """
+    pretrained = ckpt["critic"]
+    critic.load_state_dict({k: v for k, v in pretrained.items() if k != "task_embedding.weight"}, strict=False)
+    with torch.no_grad():
+        mean = F.normalize(pretrained["task_embedding.weight"], dim=-1).mean(0).to(critic.task_embedding.weight)
+        noise = torch.randn_like(critic.task_embedding.weight) * 0.1 * mean.norm() / math.sqrt(len(mean))
+        critic.task_embedding.weight.copy_(mean + noise)
+    actor.load_state_dict(ckpt["actor"])
+
+
 # ---- Training loop ----
+CHECKPOINT_KEYS = {
+    "version", "run_name", "config", "global_step", "actor", "critic", "target_critic", "log_alpha", "actor_optimizer",
+    "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs", "episode_returns", "replay_buffer",
+}  # fmt: skip
+
+
 def main(args: Args):
+    # -- Set-up: tasks, sizes, device --
     env_ids = resolve_env_ids(args.env_ids)
     if args.model_size not in MODEL_SIZES:
         raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
     width = args.critic_width or MODEL_SIZES[args.model_size]
     num_tasks = len(env_ids)
     batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
-    if min(width, args.learning_starts, args.total_timesteps, args.updates_per_step, args.eval_interval,
-           args.eval_episodes, args.log_interval) < 1:
-        raise SystemExit("--critic-width, --learning-starts, --total-timesteps, --updates-per-step, --eval-interval, "
-                         "--eval-episodes and --log-interval must be at least 1")
+    run_utils.require_positive(
+        args, "learning_starts", "total_timesteps", "updates_per_step", "eval_interval", "eval_episodes", "log_interval",
+        critic_width=width,
+    )  # fmt: skip
     if args.freeze_trunk and not args.init_from:
         raise SystemExit("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
-
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.cudagraphs and device.type != "cuda":
-        raise SystemExit("--cudagraphs records CUDA graphs and needs a CUDA GPU; on a CPU use --compile alone")
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals slow wide CPU matmuls by up to ~9x
-    if args.bf16 and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(args.seed)
+    device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     rng = np.random.default_rng(args.seed)  # random actions before learning starts
 
     # -- Environments: one per task, observations zero-padded, actions cut to each task's own size --
     eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
-    obs_sizes = [env.obs_size for env in eval_envs]
     action_sizes = [env.action_size for env in eval_envs]
-    obs_dim, action_dim = max(obs_sizes), max(action_sizes)
+    obs_dim, action_dim = max(env.obs_size for env in eval_envs), max(action_sizes)
     # One task needs no conditioning, except in transfer, where the pretrained critic expects an embedding.
     conditioning = args.task_conditioning if num_tasks > 1 or args.init_from else "none"
     num_bins = args.num_bins if args.critic_loss == "categorical" else 1
-    source = load_checkpoint(args.init_from, "--init-from") if args.init_from else None
-    if source:
-        check_config(args.init_from, source["config"], {"critic_width": width, "critic_loss": args.critic_loss,
-                     "task_conditioning": "embedding", "num_bins": args.num_bins, "embedding_dim": args.embedding_dim},
-                     "--init-from")
-        pretrained_obs, pretrained_actions = source["config"]["obs_dim"], source["config"]["action_dim"]
-        if conditioning != "embedding" or obs_dim > pretrained_obs or action_dim > pretrained_actions:
-            raise SystemExit(f"--init-from {args.init_from}: the pretrained networks take observations of up to "
-                             f"{pretrained_obs} and actions of up to {pretrained_actions} dims with a task embedding; "
-                             f"these tasks need {obs_dim} and {action_dim}")
-        obs_dim, action_dim = pretrained_obs, pretrained_actions  # pad the new tasks to the pretrained sizes
-    config = {"env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss, "task_conditioning":
-              conditioning, "num_bins": args.num_bins, "embedding_dim": args.embedding_dim, "obs_dim": obs_dim,
-              "action_dim": action_dim}
-    action_masks = torch.zeros(num_tasks, action_dim, device=device)  # 1 on each task's own action dims
-    for i, size in enumerate(action_sizes):
-        action_masks[i, :size] = 1
-    target_entropy = -action_masks.sum(-1) / 2  # [tasks], -|A_i| / 2
+    config = {
+        "env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss, "task_conditioning": conditioning,
+        "num_bins": args.num_bins, "embedding_dim": args.embedding_dim, "obs_dim": obs_dim, "action_dim": action_dim,
+    }  # fmt: skip
+    source = None
+    if args.init_from:  # pad the new tasks to the pretrained networks' sizes
+        source, obs_dim, action_dim = load_pretrained(args.init_from, config)
+        config |= {"obs_dim": obs_dim, "action_dim": action_dim}
+    action_masks, target_entropy = action_masks_and_target_entropy(action_sizes, action_dim, device)
 
     # -- Memory: refuse up front what cannot fit --
     counts = model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, conditioning)
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
     buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
-    buffer_device = place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes,
-                                        f"({num_tasks} tasks x {args.buffer_size:,} transitions)")
-
-    sizes = (f"{t} (obs {o}, act {a})" for t, o, a in zip(env_ids, obs_sizes, action_sizes))
-    print(f"tasks ({num_tasks}): {', '.join(sizes)}")
-    print(f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
-          f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
-          f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}")
-    print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
-
+    replay = f"({num_tasks} tasks x {args.buffer_size:,} transitions)"
+    smaller = "--model-size or --batch-size"
+    buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
+    sizes = ", ".join(f"{t} (obs {env.obs_size}, act {env.action_size})" for t, env in zip(env_ids, eval_envs))
+    print(f"tasks ({num_tasks}): {sizes}")
+    print(
+        f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
+        f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
+        f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}"
+    )
+    print(f"device {device}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
     if args.capture_video:
-        try:
-            eval_envs[0].render(size=16)
-        except Exception as error:
-            raise SystemExit(f"--capture-video: MuJoCo cannot render here ({error}). Install EGL (Debian: libegl1) "
-                             "or OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa.")
-
-    # The training envs, padded to one space. With --async-envs each steps in a worker process. An episode that
-    # ends is reset at once; its true final observation comes back in infos["final_obs"]. The workers inherit
-    # ignored Ctrl-C and SIGTERM (a terminal sends Ctrl-C to them too): this process saves, then closes them.
-    env_fns = [partial(DMCEnv, env_id, args.seed + i, args.max_episode_steps, (obs_dim, action_dim))
-               for i, env_id in enumerate(env_ids)]
-    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    envs = vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    for s, handler in handlers.items():
-        signal.signal(s, handler)
+        run_utils.check_rendering(eval_envs[0].render)
+    env_fns = [
+        partial(DMCEnv, t, args.seed + i, args.max_episode_steps, (obs_dim, action_dim)) for i, t in enumerate(env_ids)
+    ]
+    envs = run_utils.make_vector_env(env_fns, args.async_envs)
 
     # -- Networks and optimisers --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-    critic, target_critic = [Critic(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim,
-                                    conditioning=conditioning, bf16=args.bf16).to(device) for _ in range(2)]
+    nets = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, args.bf16)
+    critic, target_critic = make_critic(conditioning, *nets).to(device), make_critic(conditioning, *nets).to(device)
     actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
     if source:
         transfer(source, critic, actor)
@@ -853,122 +804,73 @@ def main(args: Args):
     target_critic.load_state_dict(critic.state_dict())
     target_critic.requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-    graph = {"capturable": args.cudagraphs}  # a CUDA graph needs the optimisers' step counts on the GPU
-    actor_optimizer = torch.optim.AdamW(actor.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                        **graph)
-    critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=args.learning_rate,
-                                         weight_decay=args.weight_decay, **graph)
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), **graph)
+    adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
+    actor_optimizer = torch.optim.AdamW(actor.parameters(), **adamw)
+    critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], **adamw)
+    # capturable: a CUDA graph needs the optimisers' step counts on the GPU
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), capturable=args.cudagraphs)
     optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
     rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
     normalizer = RewardNormalizer(num_tasks, args.gamma)
 
+    # -- Run folder, logging and (with --resume) the saved state: see run_utils.py --
     obs, _ = envs.reset()  # [tasks, obs_dim]
     episode_returns = np.zeros(num_tasks)
-    global_step, learning_starts = 0, args.learning_starts
-    tasks_label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
-    run_name = f"{tasks_label}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    while os.path.exists(os.path.join("runs", run_name)):  # two runs started within the same second
-        run_name += "+"
-
-    # Everything with a state_dict, saved and restored by name.
-    stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "actor_optimizer": actor_optimizer,
-                "critic_optimizer": critic_optimizer, "alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
-
-    def checkpoint_state() -> dict:
-        return {
-            "version": 1, "run_name": run_name, "config": config, "args": asdict(args),
-            "global_step": global_step, "log_alpha": log_alpha.detach().cpu(),
-            **{name: obj.state_dict() for name, obj in stateful.items()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state,
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "envs": list(envs.get_attr("state")), "obs": torch.from_numpy(obs.copy()),
-            "episode_returns": torch.from_numpy(episode_returns.copy()),
-            "replay_buffer": rb.state_dict() if args.save_buffer else None,
-        }
-
+    global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
+    stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha}
+    stateful |= {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer}
+    stateful |= {"alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
+    ckpt = None
     if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        check_config(args.resume, ckpt["config"], config)
-        run_name, global_step = ckpt["run_name"], ckpt["global_step"]
-        for name, obj in stateful.items():
-            obj.load_state_dict(ckpt[name])
-        with torch.no_grad():
-            log_alpha.copy_(ckpt["log_alpha"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        rng.bit_generator.state = ckpt["rng"]["numpy"]
-        envs.set_attr("state", ckpt["envs"])
-        obs, episode_returns = ckpt["obs"].numpy().copy(), ckpt["episode_returns"].numpy().copy()
-        if ckpt["replay_buffer"] is not None:
-            rb.load_state_dict(ckpt["replay_buffer"])
-        else:
-            learning_starts = global_step + args.learning_starts
-            print(f"the checkpoint holds no replay buffer: collecting {args.learning_starts} steps with the current "
-                  "policy before updates restart (save with --save-buffer to continue exactly)")
-        print(f"resumed {run_name} at step {global_step:,} from {args.resume}")
-    checkpoint_path = os.path.join("runs", run_name, "checkpoint.pt")
+        ckpt = run_utils.resume(args.resume, "bro_mt", CHECKPOINT_KEYS, config, stateful, rng, device, envs)
+        global_step, obs, episode_returns = ckpt["global_step"], ckpt["obs"].numpy(), ckpt["episode_returns"].numpy()
+        first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
+    run = run_utils.Run(args, env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks", METRICS, device, resume=ckpt)
 
-    from torch.utils.tensorboard import SummaryWriter
+    def checkpoint() -> dict:
+        buffer = rb.state_dict() if args.save_buffer else None
+        return run_utils.checkpoint_state(
+            run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
+            episode_returns=episode_returns, replay_buffer=buffer,
+        )  # fmt: skip
 
-    writer = SummaryWriter(os.path.join("runs", run_name), purge_step=global_step if args.resume else None)
-    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   sync_tensorboard=True, save_code=True, id=run_name, resume="allow")
-
-    # Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent.
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
-        stop_requested.append(signum)
-        print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     # The reward scale is changed in place (a CUDA graph reads it from a fixed address); None: --no-reward-norm.
     max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
     scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+    loss_fn = critic_loss if args.critic_loss == "categorical" else mse_critic_loss
 
     def update_step(batch: Batch) -> torch.Tensor:
-        return update(batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy,
-                      max_abs_return, support, args.gamma, args.tau)
+        return update(
+            batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, max_abs_return,
+            support, args.gamma, args.tau, loss_fn,
+        )  # fmt: skip
 
-    update_step = fast_update(update_step, args.compile, args.cudagraphs)
-    metrics_sum = torch.zeros(5, device=device)  # summed over the updates since the last progress line
+    update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
     def learn():
         """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-        nonlocal scale_stale, updates
+        nonlocal scale_stale
         if args.reward_norm and (scale_stale or normalizer.needs_fallback()):
             max_abs_return.copy_(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32))
             scale_stale = False
         for _ in range(args.updates_per_step):
-            metrics_sum.add_(update_step(rb.sample(batch_size, device)))
-            updates += 1
+            run.add_metrics(update_step(rb.sample(batch_size, device)))
 
-    random_action_mask = action_masks.cpu().numpy()
-    updates, last_log = 0, (global_step, time.time(), 0)  # (step, time, updates) at the last progress line
-    try:
-        while global_step < args.total_timesteps and not stop_requested:
+    task_ids, random_action_mask = torch.arange(num_tasks, device=device), action_masks.cpu().numpy()
+    with run, contextlib.closing(envs):
+        while global_step < args.total_timesteps and not run.stop_requested:
             # -- act --
             if global_step < args.learning_starts:
                 actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * random_action_mask
             else:
                 with torch.no_grad():
-                    task_ids = torch.arange(num_tasks, device=device)
                     obs_t = torch.as_tensor(obs, device=device)
                     actions = actor.sample(obs_t, critic.embed(task_ids), action_masks)[0].cpu().numpy()
             # -- step envs -- With --async-envs the worker processes simulate while this process runs the update,
             # which then samples transitions up to the previous step (a one-step data lag; see the README).
             if args.async_envs:
                 envs.step_async(actions)
-                if global_step >= learning_starts:
+                if global_step >= first_update_step:
                     learn()
                 next_obs, rewards, terminations, truncations, infos = envs.step_wait()
             else:
@@ -982,7 +884,7 @@ def main(args: Args):
                 if terminations[i] or truncations[i]:
                     real_next_obs[i] = infos["final_obs"][i]
                     normalizer.end_episode(i, bool(terminations[i]))
-                    writer.add_scalar(f"charts/episodic_return/{env_ids[i]}", episode_returns[i], global_step)
+                    run.log({f"charts/episodic_return/{env_ids[i]}": episode_returns[i]}, global_step)
                     episode_returns[i], scale_stale = 0, True
 
             # -- store (the true final observation, even when the episode ended) --
@@ -991,66 +893,28 @@ def main(args: Args):
             global_step += 1
 
             # -- update (the serial loop; see above for --async-envs) --
-            if not args.async_envs and global_step > learning_starts:
+            if not args.async_envs and global_step > first_update_step:
                 learn()
-            interval_updates = updates - last_log[2]
-            if interval_updates and not torch.isfinite(metrics_sum[:3]).all():  # one sync per step, as acting needs
-                nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
-                save_checkpoint(nan_path, checkpoint_state())
-                raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic, actor, "
-                                 f"temperature = {(metrics_sum[:3] / interval_updates).tolist()}); "
-                                 f"state saved to {nan_path}")
+            run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}")
-                eval_returns = evaluate(actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device,
-                                        args.seed + global_step, video_dir if args.capture_video else None)
-                for env_id, ret in zip(env_ids, eval_returns):
-                    writer.add_scalar(f"eval/return/{env_id}", ret, global_step)
-                writer.add_scalar("eval/mean_return", eval_returns.mean(), global_step)
-                print(f"eval @ {global_step:,}: mean {eval_returns.mean():.1f} | "
-                      + " ".join(f"{t} {r:.1f}" for t, r in zip(env_ids, eval_returns)), flush=True)
+                video_dir = os.path.join(run.dir, "videos", f"step{global_step}") if args.capture_video else None
+                seed = args.seed + global_step
+                returns = evaluate(
+                    actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, seed, video_dir
+                )
+                run.log_evaluation(global_step, dict(zip(env_ids, returns)), {"mean_return": returns.mean()})
             if global_step % args.log_interval == 0:
-                now = time.time()  # rates over the last interval: the random-action phase is much faster
-                sps = (global_step - last_log[0]) / (now - last_log[1])
-                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/updates_per_second", interval_updates / (now - last_log[1]), global_step)
-                last_log = (global_step, now, updates)
-                line = (f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | "
-                        f"ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m")
-                if interval_updates:
-                    names = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy",
-                             "charts/q_mean"]
-                    values = (metrics_sum / interval_updates).tolist()
-                    for name, value in zip(names, values):
-                        writer.add_scalar(name, value, global_step)
-                    alpha = log_alpha.exp().item()
-                    writer.add_scalar("charts/alpha", alpha, global_step)
-                    if args.reward_norm:
-                        scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
-                        for env_id, s in zip(env_ids, scales):
-                            writer.add_scalar(f"charts/reward_scale/{env_id}", s, global_step)
-                    line += f" | critic {values[0]:.3f} actor {values[1]:.3f} alpha {alpha:.4f} Q {values[4]:.2f}"
-                    metrics_sum.zero_()
-                print(line, flush=True)
+                alpha = log_alpha.exp().item()
+                scalars = {"charts/alpha": alpha}
+                if args.reward_norm:
+                    scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
+                    scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, scales)}
+                run.progress(global_step, scalars, PROGRESS)
             if args.save_every and global_step % args.save_every == 0:
-                save_checkpoint(checkpoint_path, checkpoint_state())
-        save_checkpoint(checkpoint_path, checkpoint_state())
-        if stop_requested:
-            print(f"stopped at step {global_step:,}; checkpoint saved to {checkpoint_path} "
-                  f"(continue with --resume {checkpoint_path})")
-        else:
-            print(f"done: {global_step:,} steps; checkpoint saved to {checkpoint_path}")
-    finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        envs.close()
-        writer.close()
-        if args.track:
-            wandb.finish()
-    return checkpoint_path
+                run_utils.save_checkpoint(run.checkpoint_path, checkpoint())
+        return run.finish(global_step, checkpoint)
 
 
 if __name__ == "__main__":

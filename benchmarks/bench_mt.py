@@ -8,7 +8,7 @@ Modes: eager (the reference), compile (--compile), cudagraphs (--compile --cudag
 --bf16 on CUDA; --compile --bf16 on a CPU). Every cell runs in a fresh process, so that compile caches and peak
 memory do not leak between rows.
 
-updates/s times `bro_mt.update`, through the same `bro_mt.fast_update` wrapper as the training loop, on random
+updates/s times `bro_mt.update`, through the same `run_utils.fast_update` wrapper as the training loop, on random
 data of dog-sized inputs (observation 223, action 38, 7 tasks, batch 1024 unless stated). FLOPs of one update
 come from the layer shapes (`update_flops`, checked against torch's FLOP counter at start-up). With --loop, the
 real training loop (bro_mt.main on DMC_HARD with the mode's flags) is timed over --loop-steps steps after
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_mt  # noqa: E402
+import run_utils  # noqa: E402
 
 MODES = {"eager": {}, "compile": {"compile": True}, "cudagraphs": {"compile": True, "cudagraphs": True},
          "bf16": {"compile": True, "cudagraphs": True, "bf16": True}}
@@ -85,7 +86,7 @@ def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags
                          torch.rand(batch_size, device=device), torch.randn(batch_size, obs_dim, device=device),
                          torch.zeros(batch_size, device=device),
                          torch.randint(num_tasks, (batch_size,), device=device))
-    return bro_mt.fast_update(update_step, flags.get("compile", False), flags.get("cudagraphs", False)), batch
+    return run_utils.fast_update(update_step, flags.get("compile", False), flags.get("cudagraphs", False)), batch
 
 
 def sync(device):

@@ -36,7 +36,7 @@ def test_mse_critic_regresses_on_the_soft_td_target():
     batch, mask, scale, gamma = tiny_batch(), torch.ones(6, 2), torch.full((6,), 2.0), 0.9
     support = torch.linspace(-10, 10, 101)
     torch.manual_seed(1)
-    loss, q_mean = bro_mt.critic_loss(critic, target, actor, log_alpha, batch, mask, scale, support, gamma)
+    loss, q_mean = bro_mt.mse_critic_loss(critic, target, actor, log_alpha, batch, mask, scale, support, gamma)
     torch.manual_seed(1)  # the same next actions
     with torch.no_grad():
         next_actions, next_log_probs = actor.sample(batch.next_obs, critic.embed(batch.task_ids), mask)
@@ -50,7 +50,7 @@ def test_mse_critic_regresses_on_the_soft_td_target():
 
 def test_multihead_critic_uses_each_samples_own_head():
     torch.manual_seed(0)
-    critic = bro_mt.Critic(5, 2, 3, 16, num_bins=7, conditioning="multihead")
+    critic = bro_mt.MultiHeadCritic(5, 2, 3, 16, num_bins=7)
     assert critic.task_embedding is None and critic.head.weight.shape == (2, 16, 3 * 7)
     batch = tiny_batch()
     out = critic(batch.obs, batch.actions, batch.task_ids)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import bro_mt
+import run_utils
 from ctrl_c import press_ctrl_c_during
 from test_mt_train import run
 
@@ -84,7 +85,7 @@ def test_compile_matches_eager(eager_reference):
     Measured (torch 2.13 CPU): metrics agree to 4e-6 relative, parameter drift 1e-5 of their movement."""
     reference, initial = eager_reference
     update_step, learner = make_learner()
-    compiled = train(bro_mt.fast_update(update_step, compile=True, cudagraphs=False), learner)
+    compiled = train(run_utils.fast_update(update_step, compile=True, cudagraphs=False), learner)
     assert_close_to_reference(compiled, reference, initial, metrics_rtol=1e-4, drift=1e-3)
 
 
@@ -110,7 +111,7 @@ def test_cudagraphs_match_eager_on_gpu(compile, bf16):
     initial = [p.detach().cpu().clone() for m in learner[:3] for p in m.parameters()] + [learner[3].detach().cpu()]
     reference = train(update_step, learner, "cuda")
     update_step, learner = make_learner("cuda", bf16=bf16, capturable=True)
-    fast = bro_mt.fast_update(update_step, compile=compile, cudagraphs=True)
+    fast = run_utils.fast_update(update_step, compile=compile, cudagraphs=True)
     fast.warmup = 1  # so that most of the compared updates are graph replays
     result = train(fast, learner, "cuda")
     assert fast.graph is not None
