@@ -26,25 +26,26 @@ ours, taken from standard practice, and named here with its reason:
   - default games ATARI_5 (Aitchison et al., 2023), five games whose scores predict the median over all 57.
 
 Map of the file (search for the section markers "# ----"):
-  Args ..................... every flag
+  Args ..................... every flag: the algorithm's, the reward-clipping ablation, then the ones that only
+                             run the experiment
   Games and preprocessing .. suites, reference scores, the ALE wrapper (no-ops, frame skip + max, 84x84), and the
                              gymnasium env the training loop's vector env steps (in worker processes: --async-envs)
   Networks ................. BroNet pieces (as in bro_mt.py), Impala encoder, the categorical Q-network
-  Categorical projection ... C51, the double-DQN target built on it, and the update
-  Fast paths ............... opt-in torch.compile / CUDA graph versions of that same update (and --bf16)
+  Categorical projection ... C51, and the double-DQN target built on it
+  Losses and the update .... cross-entropy on the taken action, one update, the exploration schedule
   Reward normalisation ..... per-game scale from the largest discounted return seen
   Replay buffer ............ single uint8 frames per game; stacks and n-step returns rebuilt on sampling
-  Checkpoints .............. everything needed to continue a run exactly
   Evaluation ............... raw and human-normalised scores, mean / median / IQM across games
   Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
+What is not BRC (checkpoints, run folders, logging, signals, memory checks, --compile / --cudagraphs / --bf16
+set-up, vector envs) lives in run_utils.py; you never need to read it to learn the method.
 """
 
+import contextlib
 import difflib
 import math
 import os
-import signal
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Literal, NamedTuple, Optional
 
@@ -57,9 +58,76 @@ import torch.nn.functional as F
 import tyro
 from PIL import Image
 
+import run_utils
+
 
 @dataclass
 class Args:
+    # Algorithm
+    env_ids: list[str] = field(default_factory=lambda: ["ATARI_5"])
+    """ALE game names (Pong, Breakout, ...) and/or suites: ATARI_5 (Aitchison et al.), ATARI_100K_26, ATARI_57,
+    ATARI_QUICK (Pong, Breakout, Boxing). One game = single-game mode"""
+    model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
+    """BroNet head preset: its width W (1M: 512 ... 1B: 16384), the same presets as bro_mt.py"""
+    critic_width: Optional[int] = None
+    """override the preset's head width"""
+    encoder_width: int = 16
+    """channels of the encoder's first stage; the other two have twice as many (16 = Impala's 16-32-32)"""
+    total_timesteps: int = 1_000_000
+    """environment steps; one step = every game's env takes one action (4 frames)"""
+    learning_starts: int = 10_000
+    """random-action steps before the first gradient update"""
+    buffer_size: int = 200_000
+    """replay capacity per game (frames; ~7 KiB each)"""
+    batch_size: Optional[int] = None
+    """batch size of an update (default: 256 with several games, 64 with one)"""
+    updates_per_step: int = 1
+    """gradient updates per environment step (replay ratio)"""
+    n_step: int = 3
+    """length of the multi-step return"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """Polyak averaging rate of the target network (used when --target-network-frequency is 0)"""
+    target_network_frequency: int = 0
+    """copy the online network to the target every N steps instead of Polyak averaging (0: Polyak)"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    epsilon_end: float = 0.01
+    """final exploration rate of the epsilon-greedy policy"""
+    epsilon_decay_steps: int = 250_000
+    """steps after --learning-starts over which epsilon falls linearly from 1 to --epsilon-end"""
+    eval_epsilon: float = 0.001
+    """exploration rate during evaluation (avoids a greedy policy stuck in a loop)"""
+    num_bins: int = 101
+    """atoms of the categorical support"""
+    v_min: float = -10.0
+    """lowest atom of the support (returns are normalised to about [-10, 10])"""
+    v_max: float = 10.0
+    """highest atom of the support"""
+    embedding_dim: int = 32
+    """size of the learnable game embedding (multi-game only)"""
+    repeat_action_probability: float = 0.25
+    """sticky actions: the emulator repeats the previous action with this probability (0 for Atari-100k)"""
+    noop_max: int = 30
+    """at most this many no-op frames at the start of every episode"""
+    max_episode_frames: int = 108_000
+    """cut episodes after N frames (30 minutes of play); a truncation still bootstraps"""
+    terminal_on_life_loss: bool = True
+    """a lost life ends the bootstrap in training (evaluation always plays whole games); --no-terminal-on-life-loss
+    turns this off"""
+    eval_interval: int = 50_000
+    """evaluate every N environment steps (and at the end)"""
+    eval_episodes: int = 10
+    """evaluation episodes per game"""
+
+    # Ablation
+    clip_rewards: bool = False
+    """clip rewards to [-1, 1] (DQN) instead of BRC's per-game reward normalisation"""
+
+    # Running the experiment
     exp_name: str = "bro_atari"
     """the name of this experiment (part of the run name)"""
     seed: int = 1
@@ -95,66 +163,6 @@ class Args:
     """step every game's emulator in its own worker process while the updates run (they then sample the replay
     buffer without the current step's transitions: a one-step data lag)"""
 
-    # Algorithm specific arguments
-    env_ids: list[str] = field(default_factory=lambda: ["ATARI_5"])
-    """ALE game names (Pong, Breakout, ...) and/or suite names (see SUITES); one game = single-game mode"""
-    model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
-    """BroNet head preset: its width W (1M: 512 ... 1B: 16384), the same presets as bro_mt.py"""
-    critic_width: Optional[int] = None
-    """override the preset's head width"""
-    encoder_width: int = 16
-    """channels of the encoder's first stage; the other two have twice as many (16 = Impala's 16-32-32)"""
-    total_timesteps: int = 1_000_000
-    """environment steps; one step = every game's env takes one action (4 frames)"""
-    learning_starts: int = 10_000
-    """random-action steps before the first gradient update"""
-    buffer_size: int = 200_000
-    """replay capacity per game (frames; ~7 KiB each)"""
-    batch_size: Optional[int] = None
-    """batch size of an update (default: 256 with several games, 64 with one)"""
-    updates_per_step: int = 1
-    """gradient updates per environment step (replay ratio)"""
-    n_step: int = 3
-    """length of the multi-step return"""
-    gamma: float = 0.99
-    """the discount factor"""
-    tau: float = 0.005
-    """Polyak averaging rate of the target network (used when --target-network-frequency is 0)"""
-    target_network_frequency: int = 0
-    """copy the online network to the target every N steps instead of Polyak averaging (0: Polyak)"""
-    learning_rate: float = 3e-4
-    """AdamW learning rate"""
-    weight_decay: float = 1e-4
-    """AdamW weight decay"""
-    epsilon_end: float = 0.01
-    """final exploration rate of the epsilon-greedy policy"""
-    epsilon_decay_steps: int = 250_000
-    """steps after --learning-starts over which epsilon falls linearly from 1 to --epsilon-end"""
-    eval_epsilon: float = 0.001
-    """exploration rate during evaluation (avoids a greedy policy stuck in a loop)"""
-    clip_rewards: bool = False
-    """if toggled, clip rewards to [-1, 1] (DQN) instead of BRC's per-game reward normalisation"""
-    num_bins: int = 101
-    """atoms of the categorical support"""
-    v_min: float = -10.0
-    """lowest atom of the support (returns are normalised to about [-10, 10])"""
-    v_max: float = 10.0
-    """highest atom of the support"""
-    embedding_dim: int = 32
-    """size of the learnable game embedding (multi-game only)"""
-    repeat_action_probability: float = 0.25
-    """sticky actions: the emulator repeats the previous action with this probability (0 for Atari-100k)"""
-    noop_max: int = 30
-    """at most this many no-op frames at the start of every episode"""
-    max_episode_frames: int = 108_000
-    """cut episodes after N frames (30 minutes of play); a truncation still bootstraps"""
-    terminal_on_life_loss: bool = True
-    """if toggled, a lost life ends the bootstrap in training (evaluation always plays whole games)"""
-    eval_interval: int = 50_000
-    """evaluate every N environment steps (and at the end)"""
-    eval_episodes: int = 10
-    """evaluation episodes per game"""
-
 
 MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
 CRITIC_DEPTH, FRAME_SIZE, FRAME_STACK, FRAME_SKIP = 2, 84, 4, 4
@@ -180,11 +188,12 @@ REFERENCE_SCORES = {
     "Tennis": (-23.8, -8.3), "TimePilot": (3568.0, 5229.2), "Tutankham": (11.4, 167.6), "UpNDown": (533.4, 11693.2),
     "Venture": (0.0, 1187.5), "VideoPinball": (0.0, 17667.9), "WizardOfWor": (563.5, 4756.5),
     "YarsRevenge": (3092.9, 54576.9), "Zaxxon": (32.5, 9173.3),
-}
-ATARI_100K_26 = ["Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
-                 "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero", "Jamesbond",
-                 "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert", "RoadRunner",
-                 "Seaquest", "UpNDown"]
+}  # fmt: skip
+ATARI_100K_26 = [
+    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout", "ChopperCommand",
+    "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero", "Jamesbond", "Kangaroo", "Krull",
+    "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert", "RoadRunner", "Seaquest", "UpNDown",
+]  # fmt: skip
 SUITES = {
     "ATARI_5": ["BattleZone", "DoubleDunk", "NameThisGame", "Phoenix", "Qbert"],  # Aitchison et al., 2023
     "ATARI_100K_26": ATARI_100K_26,  # the Atari-100k benchmark (Kaiser et al., 2020)
@@ -201,8 +210,11 @@ def resolve_env_ids(env_ids: list[str]) -> list[str]:
     unknown = [g for g in games if g not in valid]
     if unknown or not games:
         hints = [f"{g} -> {m[0]}?" for g in unknown for m in [difflib.get_close_matches(g, valid, 1)] if m]
-        raise SystemExit(f"unknown Atari game(s) {unknown or env_ids}{' (' + ', '.join(hints) + ')' if hints else ''}. "
-                         f"Use ALE names such as Pong or MsPacman, or a suite: {', '.join(SUITES)}.")
+        hint = f" ({', '.join(hints)})" if hints else ""
+        raise SystemExit(
+            f"unknown Atari game(s) {unknown or env_ids}{hint}. "
+            f"Use ALE names such as Pong or MsPacman, or a suite: {', '.join(SUITES)}."
+        )
     if len(set(games)) != len(games):
         raise SystemExit(f"game list {games} names a game twice; each game must appear once")
     return games
@@ -216,11 +228,15 @@ class AtariGame:
     stacks frames itself, so that replay can store each frame once.
     """
 
-    def __init__(self, game: str, seed: int, full_action_space: bool = True, repeat_action_probability: float = 0.25,
-                 noop_max: int = 30, max_episode_frames: int = 108_000):
+    def __init__(
+        self, game: str, seed: int, full_action_space: bool = True, repeat_action_probability: float = 0.25,
+        noop_max: int = 30, max_episode_frames: int = 108_000,
+    ):  # fmt: skip
         gym.register_envs(ale_py)
-        self.env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=repeat_action_probability,
-                            full_action_space=full_action_space, max_num_frames_per_episode=max_episode_frames)
+        self.env = gym.make(
+            f"ALE/{game}-v5", frameskip=1, repeat_action_probability=repeat_action_probability,
+            full_action_space=full_action_space, max_num_frames_per_episode=max_episode_frames,
+        )  # fmt: skip
         self.env.reset(seed=seed)  # seeds the emulator (sticky actions, game randomness)
         self.game, self.ale = game, self.env.unwrapped.ale
         self.action_set = self.env.unwrapped._action_set
@@ -268,11 +284,12 @@ class AtariGame:
     def render(self) -> np.ndarray:
         return self.ale.getScreenRGB()
 
+    # -- exact resume: the emulator with its RNG (sticky actions), the no-op RNG, lives, screens, last action --
     def get_state(self) -> dict:
-        """The emulator's state with its RNG (sticky actions), the no-op RNG, the life counter and the last action."""
         ale_state = np.frombuffer(self.ale.cloneState(include_rng=True).serialize(), np.uint8).copy()
-        return {"ale": torch.from_numpy(ale_state), "noop_rng": self.noop_rng.bit_generator.state,
-                "lives": self.lives, "screens": torch.from_numpy(self.screens.copy()), "last_action": self.last_action}
+        screens = torch.from_numpy(self.screens.copy())
+        rngs = {"ale": torch.from_numpy(ale_state), "noop_rng": self.noop_rng.bit_generator.state}
+        return {**rngs, "lives": self.lives, "screens": screens, "last_action": self.last_action}
 
     def set_state(self, state: dict):
         # ALE's state leaves out the action that sticky actions repeat. Act with the last action until it holds (odds
@@ -323,6 +340,10 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def extra_repr(self) -> str:
+        members, in_features, out_features = self.weight.shape
+        return f"members={members}, in_features={in_features}, out_features={out_features}"
+
 
 class EnsembleLayerNorm(nn.Module):
     """LayerNorm over the features with a separate scale and shift per ensemble member."""
@@ -336,6 +357,9 @@ class EnsembleLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # .float(): under --bf16 the matmul before it ran in bfloat16, but the normalisation stays in float32
         return F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"members={self.weight.shape[0]}, features={self.weight.shape[-1]}, eps={self.eps}"
 
 
 class BroNetBlock(nn.Module):
@@ -382,8 +406,8 @@ class ImpalaEncoder(nn.Module):
         super().__init__()
         stages, in_channels = [], FRAME_STACK
         for channels in (width, 2 * width, 2 * width):
-            stages += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
-                       ImpalaResidual(channels), ImpalaResidual(channels)]
+            stages += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1)]
+            stages += [ImpalaResidual(channels), ImpalaResidual(channels)]
             in_channels = channels
         self.stages = nn.Sequential(*stages)
         self.num_features = 2 * width * 11 * 11  # 84 -> 42 -> 21 -> 11
@@ -436,8 +460,9 @@ def model_parameter_counts(num_games, num_actions, width, encoder_width=16, num_
     """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
     with torch.device("meta"):
         net = QNetwork(num_games, num_actions, width, encoder_width, num_bins, embedding_dim)
-    return {"encoder": count_parameters(net.encoder), "game_embedding": count_parameters(net.game_embedding),
-            "head": count_parameters(net.trunk) + count_parameters(net.head), "total": count_parameters(net)}
+    head = count_parameters(net.trunk) + count_parameters(net.head)
+    counts = {"encoder": count_parameters(net.encoder), "game_embedding": count_parameters(net.game_embedding)}
+    return counts | {"head": head, "total": count_parameters(net)}
 
 
 # ---- Categorical projection (C51) ----
@@ -470,6 +495,7 @@ def double_dqn_target(next_online_logits, next_target_logits, returns, bootstrap
     return categorical_projection(returns[:, None] + bootstrap[:, None] * support, next_probs, support)
 
 
+# ---- Losses and the update ----
 class Batch(NamedTuple):
     obs: torch.Tensor  # [batch, 4, 84, 84] uint8 frame stacks
     actions: torch.Tensor  # [batch], int64
@@ -485,9 +511,11 @@ def critic_loss(q_network, target_network, batch: Batch, support):
     Returns the loss (mean over the batch) and the mean Q of the taken actions.
     """
     with torch.no_grad():
-        target_probs = double_dqn_target(q_network(batch.next_obs, batch.game_ids),
-                                         target_network(batch.next_obs, batch.game_ids), batch.returns,
-                                         batch.bootstrap, support)
+        next_online, next_target = (
+            q_network(batch.next_obs, batch.game_ids),
+            target_network(batch.next_obs, batch.game_ids),
+        )
+        target_probs = double_dqn_target(next_online, next_target, batch.returns, batch.bootstrap, support)
     rows = torch.arange(len(batch.actions), device=batch.actions.device)
     logits = q_network(batch.obs, batch.game_ids)[rows, batch.actions]  # [batch, bins]
     loss = -(target_probs * logits.log_softmax(-1)).sum(-1).mean()
@@ -509,52 +537,14 @@ def update(batch: Batch, q_network, target_network, optimizer, support, tau: flo
     return torch.stack([loss, q_mean]).detach()
 
 
+METRICS = ["losses/critic_loss", "charts/q_mean"]
+PROGRESS = "critic {losses/critic_loss:.3f} Q {charts/q_mean:.2f} epsilon {charts/epsilon:.3f}"
+
+
 def epsilon_schedule(step: int, learning_starts: int, decay_steps: int, epsilon_end: float) -> float:
     """Epsilon-greedy rate: 1 until learning starts, then linearly down to `epsilon_end` over `decay_steps`."""
     progress = min(max((step - learning_starts) / decay_steps, 0.0), 1.0)
     return 1.0 + progress * (epsilon_end - 1.0)
-
-
-# ---- Fast paths (opt-in; the eager `update` above is the reference) ----
-def fast_update(update_step, compile: bool, cudagraphs: bool):
-    """`update_step(batch) -> metrics`, compiled by torch.compile (--compile) and/or replayed as a CUDA graph
-    (--cudagraphs). Both run exactly the code above; tests/test_atari_fast.py checks they give the same numbers."""
-    if compile:
-        update_step = torch.compile(update_step)
-    return CUDAGraphUpdate(update_step) if cudagraphs else update_step
-
-
-class CUDAGraphUpdate:
-    """Record one update's kernels as a CUDA graph, then replay the whole update with a single launch.
-
-    A graph replays fixed memory addresses, so: each batch is copied into the graph's own input tensors, the
-    optimiser keeps its step count on the GPU (`capturable=True`), and every other tensor the update reads is
-    changed in place, never reassigned (here nothing else changes: the reward scale enters in sampling, outside the
-    graph). CUDA wants a few ordinary runs on a side stream before recording; those `warmup` updates are real
-    updates of the run.
-    """
-
-    def __init__(self, update_step, warmup: int = 3):
-        self.update_step, self.warmup, self.graph = update_step, warmup, None
-
-    def __call__(self, batch: Batch) -> torch.Tensor:
-        if self.graph is None and self.warmup > 0:
-            self.warmup -= 1
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                metrics = self.update_step(batch)
-            torch.cuda.current_stream().wait_stream(stream)
-            return metrics
-        if self.graph is None:  # record (nothing runs while recording; the replay below does this update)
-            self.batch = Batch(*(x.clone() for x in batch))
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.metrics = self.update_step(self.batch)
-        for static, x in zip(self.batch, batch):
-            static.copy_(x)
-        self.graph.replay()
-        return self.metrics.clone()
 
 
 # ---- Reward normalisation ----
@@ -568,31 +558,31 @@ def returns_to_go(rewards, gamma: float, bootstrap: float) -> np.ndarray:
 
 
 class RewardNormalizer:
-    """Per-game reward scale from the largest discounted return-to-go seen (BRC's reward normalisation).
+    """Per-task reward scale from the largest discounted return-to-go seen (BRC's reward normalisation).
 
-    When an episode of game i ends, its returns-to-go update G_max_i and G_min_i; G_bar_i = max(G_max_i, |G_min_i|).
+    When an episode of task i ends, its returns-to-go update G_max_i and G_min_i; G_bar_i = max(G_max_i, |G_min_i|).
     A truncated episode bootstraps its tail with mean(rewards)/(1 - gamma), a terminated one with 0.
-    Until game i finishes its first episode (the released code divides by infinity then, zeroing every
+    Until task i finishes its first episode (the released code divides by infinity then, zeroing every
     reward), we treat its episode so far as if truncated now and use that estimate. Statistics are float64.
     """
 
-    def __init__(self, num_games: int, gamma: float):
+    def __init__(self, num_tasks: int, gamma: float):
         self.gamma = gamma
-        self.max_return = np.full(num_games, -np.inf)
-        self.min_return = np.full(num_games, np.inf)
-        self.episode_rewards = [[] for _ in range(num_games)]
+        self.max_return = np.full(num_tasks, -np.inf)
+        self.min_return = np.full(num_tasks, np.inf)
+        self.episode_rewards = [[] for _ in range(num_tasks)]
 
-    def record(self, game: int, reward: float):
-        self.episode_rewards[game].append(reward)
+    def record(self, task: int, reward: float):
+        self.episode_rewards[task].append(reward)
 
-    def end_episode(self, game: int, terminated: bool):
-        returns = self._returns(game, terminated)
-        self.max_return[game] = max(self.max_return[game], returns.max())
-        self.min_return[game] = min(self.min_return[game], returns.min())
-        self.episode_rewards[game] = []
+    def end_episode(self, task: int, terminated: bool):
+        returns = self._returns(task, terminated)
+        self.max_return[task] = max(self.max_return[task], returns.max())
+        self.min_return[task] = min(self.min_return[task], returns.min())
+        self.episode_rewards[task] = []
 
-    def _returns(self, game: int, terminated: bool) -> np.ndarray:
-        rewards = np.asarray(self.episode_rewards[game], np.float64)
+    def _returns(self, task: int, terminated: bool) -> np.ndarray:
+        rewards = np.asarray(self.episode_rewards[task], np.float64)
         tail = 0.0 if terminated or len(rewards) == 0 else rewards.mean() / (1 - self.gamma)
         return returns_to_go(rewards, self.gamma, tail) if len(rewards) else np.zeros(1)
 
@@ -600,16 +590,19 @@ class RewardNormalizer:
         return bool(np.isinf(self.max_return).any())
 
     def max_abs_return(self) -> np.ndarray:
-        """G_bar per game [num_games], float64 (the partial-episode fallback for games without a finished episode)."""
+        """G_bar per task [num_tasks], float64 (the partial-episode fallback for tasks without a finished episode)."""
         g_bar = np.maximum(self.max_return, np.abs(self.min_return))
-        for game in np.flatnonzero(np.isinf(self.max_return)):
-            partial = self._returns(game, terminated=False)
-            g_bar[game] = max(partial.max(), abs(partial.min()))
+        for task in np.flatnonzero(np.isinf(self.max_return)):
+            partial = self._returns(task, terminated=False)
+            g_bar[task] = max(partial.max(), abs(partial.min()))
         return g_bar
 
     def state_dict(self) -> dict:
-        return {"max_return": torch.from_numpy(self.max_return.copy()), "min_return": torch.from_numpy(self.min_return.copy()),
-                "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
+        extremes = {
+            "max_return": torch.from_numpy(self.max_return.copy()),
+            "min_return": torch.from_numpy(self.min_return.copy()),
+        }
+        return {**extremes, "episode_rewards": [torch.tensor(r, dtype=torch.float64) for r in self.episode_rewards]}
 
     def load_state_dict(self, state: dict):
         self.max_return, self.min_return = state["max_return"].numpy().copy(), state["min_return"].numpy().copy()
@@ -653,7 +646,8 @@ class ReplayBuffer:
 
     def add(self, frames, actions, rewards, terminal, first, last=None, games=None):
         """Write one entry for each of `games` (default: all), numpy arrays with the game as first axis."""
-        games = torch.arange(self.num_games, device=self.device) if games is None else torch.as_tensor(games, device=self.device)
+        all_games = torch.arange(self.num_games, device=self.device)
+        games = all_games if games is None else torch.as_tensor(games, device=self.device)
         last = np.zeros(len(games), bool) if last is None else last
         pos = self.pos[games]
         for buf, value in zip(self._fields(), (frames, actions, rewards, terminal, first, last)):
@@ -671,9 +665,9 @@ class ReplayBuffer:
         return self.frames[games[:, None], torch.stack(indices, 1)]
 
     def n_step(self, games, index, n: int, gamma: float, scale: torch.Tensor, clip: bool = False):
-        """n-step return sum_k gamma^k r_{t+k} / scale (or of rewards clipped to [-1, 1]), the bootstrap factor
-        (gamma^k, or 0 after a terminal entry) and the entry of the state to bootstrap from. The sum stops early at
-        a terminal entry or before a `last` one (a truncated episode's final frame)."""
+        """n-step return sum_k gamma^k r_{t+k} / scale (or, with --clip-rewards, of rewards clipped to [-1, 1]), the
+        bootstrap factor (gamma^k, or 0 after a terminal entry) and the entry of the state to bootstrap from. The sum
+        stops early at a terminal entry or before a `last` one (a truncated episode's final frame)."""
         returns = torch.zeros(len(index), device=self.device)
         bootstrap, discount = torch.ones_like(returns), torch.ones_like(returns)
         running, next_index = torch.ones_like(index, dtype=torch.bool), index
@@ -700,8 +694,8 @@ class ReplayBuffer:
         # A truncated episode's final frame holds no action: take the transition that led to it instead.
         index = torch.where(self.last[games, index], (index - 1) % self.capacity, index)
         returns, bootstrap, next_index = self.n_step(games, index, n, gamma, scale.to(self.device)[games], clip)
-        fields = (self.stacks(games, index), self.actions[games, index].long(), returns, bootstrap,
-                  self.stacks(games, next_index), games)
+        fields = (self.stacks(games, index), self.actions[games, index].long(), returns, bootstrap)
+        fields += (self.stacks(games, next_index), games)
         return Batch(*(x.to(device, non_blocking=True) for x in fields))
 
     def _fields(self):
@@ -716,56 +710,6 @@ class ReplayBuffer:
         self.size.copy_(state["size"])
         for buf, saved in zip(self._fields(), state["data"]):
             buf[:, : saved.shape[1]] = saved.to(self.device)
-
-
-# ---- Checkpoints ----
-CHECKPOINT_KEYS = {"version", "run_name", "env_ids", "critic_width", "encoder_width", "global_step", "q_network",
-                   "target_network", "optimizer", "normalizer", "rng", "envs", "obs", "first", "episode_returns",
-                   "replay_buffer"}
-
-
-def save_checkpoint(path: str, state: dict):
-    """Write atomically: a crash while saving never leaves a half-written checkpoint behind."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path: str, env_ids: list[str], critic_width: int, encoder_width: int) -> dict:
-    """Load a checkpoint and check that it belongs to this run's games and model size."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SystemExit(f"--resume {path}: no such file")
-    except Exception as error:
-        raise SystemExit(f"--resume {path}: not a readable bro_atari checkpoint ({type(error).__name__}: {error}). "
-                         "It may be truncated or corrupt; use another checkpoint or start a new run.")
-    missing = CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else CHECKPOINT_KEYS
-    if missing:
-        raise SystemExit(f"--resume {path}: not a bro_atari checkpoint (missing {sorted(missing)})")
-    if ckpt["env_ids"] != env_ids:
-        raise SystemExit(f"--resume {path}: the checkpoint was trained on {ckpt['env_ids']} but this run asks for "
-                         f"{env_ids}; pass the same --env-ids (same order) to continue it")
-    if (ckpt["critic_width"], ckpt["encoder_width"]) != (critic_width, encoder_width):
-        raise SystemExit(f"--resume {path}: the checkpoint's head width is {ckpt['critic_width']} and encoder width "
-                         f"{ckpt['encoder_width']} but this run's are {critic_width} and {encoder_width}; pass the "
-                         "same --model-size / --critic-width / --encoder-width to continue it")
-    return ckpt
-
-
-def available_memory(device: torch.device) -> int:
-    """Free bytes on the device (CUDA) or available RAM (CPU, from /proc/meminfo where present)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
-    except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def gib(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.2f} GiB"
 
 
 # ---- Evaluation ----
@@ -793,7 +737,19 @@ def human_normalized(game: str, score: float) -> Optional[float]:
 def interquartile_mean(values) -> float:
     """Mean of the middle 50%: drop int(n/4) scores at each end (scipy.stats.trim_mean(x, 0.25), as rliable)."""
     values, cut = np.sort(values), len(values) // 4
-    return float(values[cut: len(values) - cut].mean())
+    return float(values[cut : len(values) - cut].mean())
+
+
+def score_summary(scores: dict) -> tuple[dict, dict]:
+    """Human-normalised scores of the games with reference scores, and the mean return with, where there are any,
+    the mean / median / IQM of the human-normalised scores."""
+    hns = {game: human_normalized(game, score) for game, score in scores.items()}
+    hns = {game: value for game, value in hns.items() if value is not None}
+    summary = {"mean_return": float(np.mean(list(scores.values())))}
+    if hns:
+        known = list(hns.values())
+        summary |= {"hns_mean": np.mean(known), "hns_median": np.median(known), "hns_iqm": interquartile_mean(known)}
+    return hns, summary
 
 
 def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None) -> np.ndarray:
@@ -801,8 +757,8 @@ def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, vide
     scores, rng = np.zeros((len(envs), num_episodes)), np.random.default_rng(seed)
     num_actions = envs[0].num_actions
     for episode in range(num_episodes):
-        stacks = np.stack([np.repeat(env.reset(seed=seed + 1000 * i if episode == 0 else None)[None], FRAME_STACK, 0)
-                           for i, env in enumerate(envs)])
+        first_frames = [env.reset(seed=seed + 1000 * i if episode == 0 else None) for i, env in enumerate(envs)]
+        stacks = np.stack([np.repeat(frame[None], FRAME_STACK, 0) for frame in first_frames])
         done, frames = np.zeros(len(envs), bool), [[] for _ in envs]
         while not done.all():
             actions = greedy_actions(q_network, stacks, support, device)
@@ -818,88 +774,74 @@ def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, vide
                 scores[i, episode] += reward
                 done[i] = terminated or truncated
         if video_dir is not None and episode == 0:
-            import imageio
-
-            os.makedirs(video_dir, exist_ok=True)
-            for env, env_frames in zip(envs, frames):
-                imageio.mimsave(os.path.join(video_dir, f"{env.game}.mp4"), env_frames, fps=15)
+            run_utils.save_videos(video_dir, {env.game: env_frames for env, env_frames in zip(envs, frames)}, fps=15)
     return scores.mean(axis=1)
 
 
 # ---- Training loop ----
+CHECKPOINT_KEYS = {
+    "version", "run_name", "config", "global_step", "q_network", "target_network", "optimizer", "normalizer", "rng",
+    "envs", "obs", "first", "episode_returns", "replay_buffer",
+}  # fmt: skip
+
+
 def main(args: Args, make_env: Optional[Callable] = None):
     """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
     object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
+    # -- Set-up: games, sizes, device --
     env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
     if args.model_size not in MODEL_SIZES:
         raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
     width = args.critic_width or MODEL_SIZES[args.model_size]
     num_games = len(env_ids)
     batch_size = args.batch_size or (256 if num_games > 1 else 64)
-    if min(args.total_timesteps, args.updates_per_step, args.eval_interval, args.log_interval, args.n_step,
-           args.eval_episodes, args.epsilon_decay_steps) < 1:
-        raise SystemExit("--total-timesteps, --updates-per-step, --eval-interval, --log-interval, --n-step, "
-                         "--eval-episodes and --epsilon-decay-steps must be at least 1")
+    run_utils.require_positive(
+        args, "total_timesteps", "updates_per_step", "eval_interval", "log_interval", "n_step", "eval_episodes",
+        "epsilon_decay_steps",
+    )  # fmt: skip
     if args.learning_starts <= args.n_step + FRAME_STACK or args.buffer_size <= args.n_step + FRAME_STACK:
-        raise SystemExit(f"--learning-starts and --buffer-size must exceed --n-step + {FRAME_STACK} (a sample needs "
-                         "its stack and its n following entries in the buffer)")
-
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.cudagraphs and device.type != "cuda":
-        raise SystemExit("--cudagraphs records CUDA graphs and needs a CUDA GPU; on a CPU use --compile alone")
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals slow wide CPU matmuls by up to ~9x
-    if args.bf16 and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    torch.manual_seed(args.seed)
+        raise SystemExit(
+            f"--learning-starts and --buffer-size must exceed --n-step + {FRAME_STACK} (a sample needs its stack and "
+            "its n following entries in the buffer)"
+        )
+    device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
 
     # -- Environments: one per game; several games share ALE's full 18-action set --
     if make_env is None:
-        def make_env(game, seed):
-            return AtariGame(game, seed, num_games > 1, args.repeat_action_probability, args.noop_max,
-                             args.max_episode_frames)
+        atari_flags = (num_games > 1, args.repeat_action_probability, args.noop_max, args.max_episode_frames)
+
+        def make_env(game: str, seed: int) -> AtariGame:
+            return AtariGame(game, seed, *atari_flags)
+
     eval_envs = [make_env(game, args.seed + 10_000 + i) for i, game in enumerate(env_ids)]
     num_actions = eval_envs[0].num_actions
     if any(env.num_actions != num_actions for env in eval_envs):
         raise SystemExit(f"games with different action counts {[env.num_actions for env in eval_envs]}")
+    config = {"env_ids": env_ids, "critic_width": width, "encoder_width": args.encoder_width}
+    config |= {"num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
 
     # -- Memory: refuse up front what cannot fit --
-    counts = model_parameter_counts(num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim)
+    counts = model_parameter_counts(
+        num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim
+    )
     model_bytes = 4 * 5 * counts["total"]  # weights, target, gradients, 2 AdamW moments
     encoder_floats = 30_000 * args.encoder_width  # the encoder's feature maps of one sample, ~29k per channel
-    activation_bytes = 4 * 3 * batch_size * (encoder_floats + width * (4 * CRITIC_DEPTH + 4) + num_actions * args.num_bins)
+    sample_floats = encoder_floats + width * (4 * CRITIC_DEPTH + 4) + num_actions * args.num_bins
+    model_bytes += 4 * 3 * batch_size * sample_floats  # activations of one update
     buffer_bytes = ReplayBuffer.bytes_needed(num_games, args.buffer_size)
-    free = available_memory(device)
-    if model_bytes + activation_bytes > free:
-        raise SystemExit(f"the network (head width {width}, encoder width {args.encoder_width}) needs "
-                         f"~{gib(model_bytes + activation_bytes)} for weights, optimiser state and activations but "
-                         f"{device} has {gib(free)} free; pick a smaller --model-size, --encoder-width or --batch-size")
-    buffer_device = device
-    if buffer_bytes > free - model_bytes - activation_bytes:
-        buffer_device = torch.device("cpu")
-        if device.type == "cpu" or buffer_bytes > available_memory(buffer_device):
-            raise SystemExit(f"the replay buffer ({num_games} games x {args.buffer_size:,} frames) needs "
-                             f"{gib(buffer_bytes)} but only {gib(available_memory(buffer_device))} of RAM is "
-                             "available; lower --buffer-size")
-
+    replay = f"({num_games} games x {args.buffer_size:,} frames)"
+    smaller = "--model-size, --encoder-width or --batch-size"
+    buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
     print(f"games ({num_games}, {num_actions} actions): {', '.join(env_ids)}")
-    print(f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
-          f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
-          f"{counts['head']:,}, game embedding {counts['game_embedding']:,})")
-    print(f"device {device}; replay buffer ~{gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
-
-    # The training games as one vector env; with --async-envs each steps in its own worker process. An episode that
-    # ends is reset within the step; its final frame and info come back in infos["final_obs"] / infos["final_info"].
-    # The workers inherit ignored Ctrl-C and SIGTERM (a terminal sends Ctrl-C to them too): this process finishes the
-    # step, saves the checkpoint and then closes them.
+    print(
+        f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
+        f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
+        f"{counts['head']:,}, game embedding {counts['game_embedding']:,})"
+    )
+    print(f"device {device}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
     env_fns = [partial(GameEnv, make_env, game, args.seed + i) for i, game in enumerate(env_ids)]
-    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    envs = vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    for s, handler in handlers.items():
-        signal.signal(s, handler)
+    envs = run_utils.make_vector_env(env_fns, args.async_envs)
 
     # -- Networks and optimiser --
     support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
@@ -908,75 +850,36 @@ def main(args: Args, make_env: Optional[Callable] = None):
     target_network.load_state_dict(q_network.state_dict())
     target_network.requires_grad_(False)
     # capturable: a CUDA graph needs the optimiser's step count on the GPU
-    optimizer = torch.optim.AdamW(q_network.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
-                                  capturable=args.cudagraphs)
+    adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
+    optimizer = torch.optim.AdamW(q_network.parameters(), **adamw)
     rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
     normalizer = RewardNormalizer(num_games, args.gamma)
 
+    # -- Run folder, logging and (with --resume) the saved state: see run_utils.py --
     first_frames, _ = envs.reset()  # [games, 84, 84]
     obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)  # [games, 4, 84, 84]: the first stack repeats the frame
     first = np.ones(num_games, bool)  # does obs[i] begin an episode?
     episode_returns = np.zeros(num_games)
-    global_step, run_name = 0, f"{env_ids[0] if num_games == 1 else f'{num_games}games'}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    learning_starts = args.learning_starts
-
-    def checkpoint_state() -> dict:
-        return {
-            "version": 1, "run_name": run_name, "env_ids": env_ids, "critic_width": width,
-            "encoder_width": args.encoder_width, "args": asdict(args), "global_step": global_step,
-            "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-            "optimizer": optimizer.state_dict(), "normalizer": normalizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                    "numpy": rng.bit_generator.state},
-            "envs": list(envs.get_attr("state")), "obs": torch.from_numpy(obs.copy()),
-            "first": torch.from_numpy(first.copy()), "episode_returns": torch.from_numpy(episode_returns.copy()),
-            "replay_buffer": rb.state_dict() if args.save_buffer else None,
-        }
-
+    global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
+    stateful = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
+    stateful |= {"normalizer": normalizer}
+    ckpt = None
     if args.resume:
-        ckpt = load_checkpoint(args.resume, env_ids, width, args.encoder_width)
-        run_name, global_step = ckpt["run_name"], ckpt["global_step"]
-        q_network.load_state_dict(ckpt["q_network"])
-        target_network.load_state_dict(ckpt["target_network"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        normalizer.load_state_dict(ckpt["normalizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        rng.bit_generator.state = ckpt["rng"]["numpy"]
-        envs.set_attr("state", ckpt["envs"])
-        obs, first = ckpt["obs"].numpy().copy(), ckpt["first"].numpy().copy()
-        episode_returns = ckpt["episode_returns"].numpy().copy()
-        if ckpt["replay_buffer"] is not None:
-            rb.load_state_dict(ckpt["replay_buffer"])
-        else:
-            learning_starts = global_step + args.learning_starts
+        ckpt = run_utils.resume(args.resume, "bro_atari", CHECKPOINT_KEYS, config, stateful, rng, device, envs)
+        global_step, obs, first = ckpt["global_step"], ckpt["obs"].numpy(), ckpt["first"].numpy()
+        episode_returns = ckpt["episode_returns"].numpy()
+        first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
+        if ckpt["replay_buffer"] is None:
             first[:] = True  # the stored stacks must not reach into the lost buffer
-            print(f"the checkpoint holds no replay buffer: collecting {args.learning_starts} steps with the current "
-                  "policy before updates restart (save with --save-buffer to continue exactly)")
-        print(f"resumed {run_name} at step {global_step:,} from {args.resume}")
-    checkpoint_path = os.path.join("runs", run_name, "checkpoint.pt")
+    run = run_utils.Run(args, env_ids[0] if num_games == 1 else f"{num_games}games", METRICS, device, resume=ckpt)
 
-    from torch.utils.tensorboard import SummaryWriter
+    def checkpoint() -> dict:
+        buffer = rb.state_dict() if args.save_buffer else None
+        return run_utils.checkpoint_state(
+            run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
+            first=first, episode_returns=episode_returns, replay_buffer=buffer,
+        )  # fmt: skip
 
-    writer = SummaryWriter(os.path.join("runs", run_name), purge_step=global_step if args.resume else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=run_name,
-                   sync_tensorboard=True, save_code=True, id=run_name, resume="allow")
-
-    # Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent.
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
-        stop_requested.append(signum)
-        print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     # Each game's reward divisor (G_bar / 10), refreshed in place by learn(); sampling applies it, outside the update.
     scale = torch.ones(num_games, device=device)
     scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
@@ -985,24 +888,20 @@ def main(args: Args, make_env: Optional[Callable] = None):
     def update_step(batch: Batch) -> torch.Tensor:
         return update(batch, q_network, target_network, optimizer, support, polyak_tau)
 
-    update_step = fast_update(update_step, args.compile, args.cudagraphs)
-    metrics_sum, metrics_count = torch.zeros(2, device=device), 0
+    update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
     def learn():
         """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-        nonlocal scale_stale, metrics_count, updates
+        nonlocal scale_stale
         if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
             scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
             scale_stale = False
         for _ in range(args.updates_per_step):
             batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
-            metrics_sum.add_(update_step(batch))
-            metrics_count += 1
-            updates += 1
+            run.add_metrics(update_step(batch))
 
-    start_time, start_step, updates = time.time(), global_step, 0
-    try:
-        while global_step < args.total_timesteps and not stop_requested:
+    with run, contextlib.closing(envs):
+        while global_step < args.total_timesteps and not run.stop_requested:
             # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
             epsilon = epsilon_schedule(global_step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end)
             explore = rng.random(num_games) < epsilon
@@ -1014,7 +913,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
             # which then samples transitions up to the previous step (a one-step data lag; see the README).
             if args.async_envs:
                 envs.step_async(actions)
-                if global_step >= learning_starts:
+                if global_step >= first_update_step:
                     learn()
                 next_frames, rewards, terminations, truncations, infos = envs.step_wait()
             else:
@@ -1033,7 +932,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
                     normalizer.end_episode(i, terminal[i])
                     scale_stale = True
                 if ended[i]:
-                    writer.add_scalar(f"charts/episodic_return/{env_ids[i]}", episode_returns[i], global_step)
+                    run.log({f"charts/episodic_return/{env_ids[i]}": episode_returns[i]}, global_step)
                     episode_returns[i] = 0
                     obs[i] = next_frames[i]  # the new episode's first stack repeats its first frame
                 else:
@@ -1043,77 +942,38 @@ def main(args: Args, make_env: Optional[Callable] = None):
             rb.add(frames, actions, rewards, terminal, first)
             truncated_games = np.flatnonzero(truncations & ~terminations)
             if len(truncated_games):
-                zeros = np.zeros(len(truncated_games))
-                rb.add(np.stack(infos["final_obs"][truncated_games]), zeros, zeros, zeros, zeros,
-                       np.ones(len(truncated_games)), truncated_games)
+                zeros, final_frames = np.zeros(len(truncated_games)), np.stack(infos["final_obs"][truncated_games])
+                rb.add(final_frames, zeros, zeros, zeros, zeros, np.ones(len(truncated_games)), truncated_games)
             first = ended
             global_step += 1
 
             # -- update (the serial loop; see above for --async-envs) --
-            if not args.async_envs and global_step > learning_starts:
+            if not args.async_envs and global_step > first_update_step:
                 learn()
-            if (global_step > learning_starts and args.target_network_frequency
-                    and global_step % args.target_network_frequency == 0):
+            copy_target = args.target_network_frequency and global_step % args.target_network_frequency == 0
+            if global_step > first_update_step and copy_target:
                 target_network.load_state_dict(q_network.state_dict())
-            if metrics_count and not torch.isfinite(metrics_sum).all():  # one sync per step, as acting needs
-                nan_path = os.path.join("runs", run_name, f"nan_step{global_step}.pt")
-                save_checkpoint(nan_path, checkpoint_state())
-                raise SystemExit(f"non-finite loss at step {global_step} (interval means: critic loss, Q = "
-                                 f"{(metrics_sum / metrics_count).tolist()}); state saved to {nan_path}")
+            run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                video_dir = os.path.join("runs", run_name, "videos", f"step{global_step}") if args.capture_video else None
-                scores = evaluate(q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device,
-                                  args.seed + global_step, video_dir)
-                hns = {game: human_normalized(game, score) for game, score in zip(env_ids, scores)}
-                known = [h for h in hns.values() if h is not None]  # games with reference scores
-                summary = {"mean_return": scores.mean()}
-                if known:
-                    summary |= {"hns_mean": np.mean(known), "hns_median": np.median(known), "hns_iqm": interquartile_mean(known)}
-                for game, score in zip(env_ids, scores):
-                    writer.add_scalar(f"eval/return/{game}", score, global_step)
-                    if hns[game] is not None:
-                        writer.add_scalar(f"eval/human_normalized/{game}", hns[game], global_step)
-                for name, value in summary.items():
-                    writer.add_scalar(f"eval/{name}", value, global_step)
-                print(f"eval @ {global_step:,}: " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()) + " | " + " ".join(
-                    f"{g} {s:.1f}" + ("" if hns[g] is None else f" ({hns[g]:.2f})") for g, s in zip(env_ids, scores)), flush=True)
+                video_dir = os.path.join(run.dir, "videos", f"step{global_step}") if args.capture_video else None
+                seed = args.seed + global_step
+                scores = evaluate(
+                    q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, seed, video_dir
+                )
+                hns, summary = score_summary(dict(zip(env_ids, scores)))
+                run.log({f"eval/human_normalized/{game}": value for game, value in hns.items()}, global_step)
+                notes = {game: f" ({value:.2f})" for game, value in hns.items()}
+                run.log_evaluation(global_step, dict(zip(env_ids, scores)), summary, notes)
             if global_step % args.log_interval == 0:
-                elapsed = time.time() - start_time
-                sps = (global_step - start_step) / elapsed
-                eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
-                writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/updates_per_second", updates / elapsed, global_step)
-                writer.add_scalar("charts/epsilon", epsilon, global_step)
-                line = f"step {global_step:,}/{args.total_timesteps:,} | {sps:.1f} steps/s | ETA {eta / 3600:.1f}h"
-                if metrics_count:
-                    values = (metrics_sum / metrics_count).tolist()
-                    writer.add_scalar("losses/critic_loss", values[0], global_step)
-                    writer.add_scalar("charts/q_mean", values[1], global_step)
-                    if not args.clip_rewards:
-                        for game, s in zip(env_ids, scale.tolist()):
-                            writer.add_scalar(f"charts/reward_scale/{game}", s, global_step)
-                    line += f" | critic {values[0]:.3f} Q {values[1]:.2f} epsilon {epsilon:.3f}"
-                    metrics_sum.zero_()
-                    metrics_count = 0
-                print(line, flush=True)
+                scalars = {"charts/epsilon": epsilon}
+                if not args.clip_rewards:
+                    scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(env_ids, scale.tolist())}
+                run.progress(global_step, scalars, PROGRESS)
             if args.save_every and global_step % args.save_every == 0:
-                save_checkpoint(checkpoint_path, checkpoint_state())
-        save_checkpoint(checkpoint_path, checkpoint_state())
-        if stop_requested:
-            print(f"stopped at step {global_step:,}; checkpoint saved to {checkpoint_path} "
-                  f"(continue with --resume {checkpoint_path})")
-        else:
-            print(f"done: {global_step:,} steps; checkpoint saved to {checkpoint_path}")
-    finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        envs.close()
-        writer.close()
-        if args.track:
-            wandb.finish()
-    return checkpoint_path
+                run_utils.save_checkpoint(run.checkpoint_path, checkpoint())
+        return run.finish(global_step, checkpoint)
 
 
 if __name__ == "__main__":

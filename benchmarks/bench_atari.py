@@ -7,7 +7,7 @@ the loop's environment steps/s (serial and --async-envs), peak GPU memory, and F
 
 Modes: eager = bro_atari.update as written; compile = --compile; compile+cudagraphs = --compile --cudagraphs (CUDA
 only); bf16 = --compile --cudagraphs --bf16 on CUDA, --compile --bf16 on a CPU. A mode that cannot run on the device
-prints "n/a" and why. Every mode times the training loop's own update_step (bro_atari.fast_update of bro_atari.update:
+prints "n/a" and why. Every mode times the training loop's own update_step (run_utils.fast_update of bro_atari.update:
 critic cross-entropy -> AdamW -> Polyak) on a random batch of uint8 frame stacks; replay sampling is excluded.
 "first s" is the first call (torch.compile compiles then).
 
@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_atari  # noqa: E402
+import run_utils  # noqa: E402
 
 MODES = ["eager", "compile", "compile+cudagraphs", "bf16"]
 
@@ -219,7 +220,7 @@ if __name__ == "__main__":
                 torch.backends.cuda.matmul.allow_tf32 = bf16  # as bro_atari.main: TF32 comes with --bf16
             update, batch = make_learner(len(games), width, args.encoder_width, args.batch_size, device, bf16,
                                          capturable=cudagraphs)
-            update_step = bro_atari.fast_update(update, compile, cudagraphs)
+            update_step = run_utils.fast_update(update, compile, cudagraphs)
             try:
                 first, ups = time_updates(update_step, batch, device, args.seconds)
             except Exception as error:  # e.g. no C++ compiler for torch.compile

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import bro_atari
+import run_utils
 from bro_atari import (Args, RewardNormalizer, ReplayBuffer, categorical_projection, double_dqn_target,
                        epsilon_schedule, human_normalized, interquartile_mean, main, reward_scale)
 
@@ -269,9 +270,9 @@ def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys, one_th
         torch.testing.assert_close(resumed["q_network"][name], value, rtol=0, atol=1e-6)
     torch.testing.assert_close(resumed["replay_buffer"]["data"][0], full["replay_buffer"]["data"][0], rtol=0, atol=0)
 
-    with pytest.raises(SystemExit, match="encoder width"):
+    with pytest.raises(SystemExit, match="encoder_width is 2 but this run's is 4"):
         main(tiny_args(resume=half, encoder_width=4))
-    with pytest.raises(SystemExit, match="trained on"):
+    with pytest.raises(SystemExit, match="env_ids is"):
         main(tiny_args(resume=half, env_ids=["Breakout", "Pong"]))
     (tmp_path / "corrupt.pt").write_bytes(open(half, "rb").read()[:1000])
     with pytest.raises(SystemExit, match="corrupt"):
@@ -279,7 +280,7 @@ def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys, one_th
 
 
 def test_refuses_a_buffer_that_cannot_fit(monkeypatch):
-    monkeypatch.setattr(bro_atari, "available_memory", lambda device: 2**30)
+    monkeypatch.setattr(run_utils, "available_memory", lambda device: 2**30)
     with pytest.raises(SystemExit, match=r"replay buffer \(2 games x 1,000,000 frames\) needs 13\.16 GiB"):
         main(tiny_args(buffer_size=1_000_000))
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 import tyro
 
-from bro_atari import AtariGame, Args, Batch, GameEnv, QNetwork, critic_loss, fast_update, main, update
+from bro_atari import AtariGame, Args, Batch, GameEnv, QNetwork, critic_loss, main, update
+from run_utils import fast_update
 from ctrl_c import press_ctrl_c_during
 from test_atari import PixelGame, one_thread, tiny_args  # noqa: F401 (one_thread is a fixture)
 
