@@ -785,25 +785,31 @@ CHECKPOINT_KEYS = {
 }  # fmt: skip
 
 
-def main(args: Args, make_env: Optional[Callable] = None):
-    """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
-    object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
-    # -- Set-up: games, sizes, device --
-    env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
+def check_args(args: Args):
+    """Refuse flag values that cannot work before anything heavy starts; each message names the flag."""
     if args.model_size not in MODEL_SIZES:
         raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
-    width = args.critic_width or MODEL_SIZES[args.model_size]
-    num_games = len(env_ids)
-    batch_size = args.batch_size or (256 if num_games > 1 else 64)
+    given = {name: getattr(args, name) for name in ("critic_width", "batch_size") if getattr(args, name) is not None}
     run_utils.require_positive(
         args, "total_timesteps", "updates_per_step", "eval_interval", "log_interval", "n_step", "eval_episodes",
-        "epsilon_decay_steps",
+        "epsilon_decay_steps", "encoder_width", **given,
     )  # fmt: skip
     if args.learning_starts <= args.n_step + FRAME_STACK or args.buffer_size <= args.n_step + FRAME_STACK:
         raise SystemExit(
             f"--learning-starts and --buffer-size must exceed --n-step + {FRAME_STACK} (a sample needs its stack and "
             "its n following entries in the buffer)"
         )
+
+
+def main(args: Args, make_env: Optional[Callable] = None):
+    """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
+    object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
+    # -- Set-up: games, sizes, device --
+    check_args(args)
+    env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
+    width = args.critic_width or MODEL_SIZES[args.model_size]
+    num_games = len(env_ids)
+    batch_size = args.batch_size or (256 if num_games > 1 else 64)
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
 

@@ -736,20 +736,26 @@ CHECKPOINT_KEYS = {
 }  # fmt: skip
 
 
-def main(args: Args):
-    # -- Set-up: tasks, sizes, device --
-    env_ids = resolve_env_ids(args.env_ids)
+def check_args(args: Args):
+    """Refuse flag values that cannot work before anything heavy starts; each message names the flag."""
     if args.model_size not in MODEL_SIZES:
         raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
-    width = args.critic_width or MODEL_SIZES[args.model_size]
-    num_tasks = len(env_ids)
-    batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
+    given = {name: getattr(args, name) for name in ("critic_width", "batch_size") if getattr(args, name) is not None}
     run_utils.require_positive(
-        args, "learning_starts", "total_timesteps", "updates_per_step", "eval_interval", "eval_episodes", "log_interval",
-        critic_width=width,
+        args, "learning_starts", "total_timesteps", "buffer_size", "updates_per_step", "eval_interval", "eval_episodes",
+        "log_interval", **given,
     )  # fmt: skip
     if args.freeze_trunk and not args.init_from:
         raise SystemExit("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
+
+
+def main(args: Args):
+    # -- Set-up: tasks, sizes, device --
+    check_args(args)
+    env_ids = resolve_env_ids(args.env_ids)
+    width = args.critic_width or MODEL_SIZES[args.model_size]
+    num_tasks = len(env_ids)
+    batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     rng = np.random.default_rng(args.seed)  # random actions before learning starts
 
