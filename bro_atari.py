@@ -65,8 +65,7 @@ import run_utils
 class Args:
     # Algorithm
     env_ids: list[str] = field(default_factory=lambda: ["ATARI_5"])
-    """ALE game names (Pong, Breakout, ...) and/or suites: ATARI_5 (Aitchison et al.), ATARI_100K_26, ATARI_57,
-    ATARI_QUICK (Pong, Breakout, Boxing). One game = single-game mode"""
+    """ALE games (Pong, Breakout, ...) and suites ATARI_5, ATARI_QUICK (Pong Breakout Boxing), ATARI_100K_26, ATARI_57"""
     model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
     """BroNet head preset: its width W (1M: 512 ... 1B: 16384), the same presets as bro_mt.py"""
     critic_width: Optional[int] = None
@@ -80,7 +79,7 @@ class Args:
     buffer_size: int = 200_000
     """replay capacity per game (frames; ~7 KiB each)"""
     batch_size: Optional[int] = None
-    """batch size of an update (default: 256 with several games, 64 with one)"""
+    """batch size of an update (None: 256 with several games, 64 with one game)"""
     updates_per_step: int = 1
     """gradient updates per environment step (replay ratio)"""
     n_step: int = 3
@@ -116,8 +115,7 @@ class Args:
     max_episode_frames: int = 108_000
     """cut episodes after N frames (30 minutes of play); a truncation still bootstraps"""
     terminal_on_life_loss: bool = True
-    """a lost life ends the bootstrap in training (evaluation always plays whole games); --no-terminal-on-life-loss
-    turns this off"""
+    """a lost life ends the bootstrap in training (evaluation always plays whole games)"""
     eval_interval: int = 50_000
     """evaluate every N environment steps (and at the end)"""
     eval_episodes: int = 10
@@ -133,21 +131,21 @@ class Args:
     seed: int = 1
     """seed of the networks, the exploration, the replay sampling and the emulators"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """deterministic cuDNN kernels (`torch.backends.cudnn.deterministic`)"""
     cuda: bool = True
-    """if toggled, train on CUDA when it is available (CPU otherwise)"""
+    """train on CUDA when it is available (--no-cuda: always on the CPU)"""
     track: bool = False
-    """if toggled, also log to Weights and Biases (`pip install wandb`)"""
+    """also log to Weights and Biases (`pip install wandb`)"""
     wandb_project_name: str = "brc"
     """the wandb project name"""
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """if toggled, save a video of the first evaluation episode of every game to `runs/{run_name}/videos`"""
+    """save a video of each game's first evaluation episode to runs/{run_name}/videos/step{N}/{game}.mp4"""
     save_every: int = 0
     """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
     save_buffer: bool = False
-    """if toggled, checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
+    """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
     resume: Optional[str] = None
     """path of a checkpoint to continue from (its games, head width and encoder width must match this run's)"""
     log_interval: int = 1000
@@ -157,11 +155,9 @@ class Args:
     cudagraphs: bool = False
     """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
     bf16: bool = False
-    """run the network's convolutions and matmuls in bfloat16 (autocast; LayerNorm, softmax, projection and loss stay
-    float32); on CUDA also lets the remaining float32 matmuls use TF32. For the big presets on a GPU"""
+    """(GPU) convolutions and matmuls in bfloat16, TF32 for the rest; LayerNorm, softmax, projection, loss float32"""
     async_envs: bool = False
-    """step every game's emulator in its own worker process while the updates run (they then sample the replay
-    buffer without the current step's transitions: a one-step data lag)"""
+    """step each game's emulator in a worker process during the update (updates then lag one step behind)"""
 
 
 MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
@@ -983,4 +979,9 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    description = """BRC for multi-game Atari from pixels (categorical double DQN with a game embedding).
+
+Example, a first run on a GPU:  python bro_atari.py --env-ids ATARI_QUICK --model-size 16M
+
+Every run writes runs/{run_name}/ (TensorBoard logs, checkpoint.pt); Ctrl-C saves a checkpoint to --resume from."""
+    main(tyro.cli(Args, description=description))

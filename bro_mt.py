@@ -50,8 +50,7 @@ import run_utils
 class Args:
     # Algorithm (defaults: the paper's)
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
-    """dm_control `domain-task` ids (dog-run, ...) and/or suites: DMC_DOGS, DMC_HUMANOIDS, DMC_HARD (both: the 7
-    tasks of the reference curves), DMC_EASY, DMC_TINY. One task = single-task mode (no embedding)"""
+    """dm_control ids (dog-run, ...) and suites DMC_HARD (dogs + humanoids) DMC_DOGS DMC_HUMANOIDS DMC_EASY DMC_TINY"""
     model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
     """critic preset: its width W (1M: 512 ... 1B: 16384); the label is ~4*W^2, one member's hidden weights"""
     critic_width: Optional[int] = None
@@ -63,7 +62,7 @@ class Args:
     buffer_size: int = 1_000_000
     """replay capacity per task (transitions)"""
     batch_size: Optional[int] = None
-    """batch size of an update (default: 1024 with several tasks, 256 with one)"""
+    """batch size of an update (None: 1024 with several tasks, 256 with one task)"""
     updates_per_step: int = 2
     """gradient updates per environment step (replay ratio)"""
     gamma: float = 0.99
@@ -91,7 +90,7 @@ class Args:
     eval_episodes: int = 10
     """deterministic evaluation episodes per task"""
     max_episode_steps: Optional[int] = None
-    """cut episodes after N steps (default: dm_control's own limit, 1000 steps); a truncation still bootstraps"""
+    """cut episodes after N steps (None: dm_control's own limit, 1000 steps); a truncation still bootstraps"""
 
     # Ablations and transfer
     critic_loss: Literal["categorical", "mse"] = "categorical"
@@ -111,21 +110,21 @@ class Args:
     seed: int = 1
     """seed of the networks, the replay sampling and the environments"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """deterministic cuDNN kernels (`torch.backends.cudnn.deterministic`)"""
     cuda: bool = True
-    """if toggled, train on CUDA when it is available (CPU otherwise)"""
+    """train on CUDA when it is available (--no-cuda: always on the CPU)"""
     track: bool = False
-    """if toggled, also log to Weights and Biases (`pip install wandb`)"""
+    """also log to Weights and Biases (`pip install wandb`)"""
     wandb_project_name: str = "brc"
     """the wandb project name"""
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """if toggled, save a video of the first evaluation episode of every task to `runs/{run_name}/videos`"""
+    """save a video of each task's first evaluation episode to runs/{run_name}/videos/step{N}/{task}.mp4"""
     save_every: int = 0
     """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
     save_buffer: bool = False
-    """if toggled, checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
+    """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
     resume: Optional[str] = None
     """path of a checkpoint to continue from (its tasks and critic width must match this run's)"""
     log_interval: int = 1000
@@ -135,11 +134,9 @@ class Args:
     cudagraphs: bool = False
     """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
     bf16: bool = False
-    """run the critic's matmuls in bfloat16 (autocast; LayerNorm, softmax, projection and losses stay float32);
-    on CUDA also lets the remaining float32 matmuls use TF32. For the big presets on a GPU"""
+    """(GPU) critic matmuls in bfloat16, TF32 for the rest; LayerNorm, softmax, projection and losses stay float32"""
     async_envs: bool = False
-    """step every task's environment in its own worker process, while the updates run (they then sample the replay
-    buffer without the current step's transitions: a one-step data lag)"""
+    """step each task's environment in a worker process during the update (updates then lag one step behind)"""
 
 
 MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
@@ -924,4 +921,11 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    description = """BRC for multi-task continuous control on dm_control (SAC with a categorical BroNet critic).
+
+Example, a small run on a laptop CPU:  python bro_mt.py --env-ids DMC_TINY --critic-width 128 --batch-size 128
+
+The defaults are the paper's setting (64M critic, 7 dog and humanoid tasks): that needs a GPU.
+
+Every run writes runs/{run_name}/ (TensorBoard logs, checkpoint.pt); Ctrl-C saves a checkpoint to --resume from."""
+    main(tyro.cli(Args, description=description))
