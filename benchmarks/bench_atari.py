@@ -75,9 +75,14 @@ def make_learner(num_games, width, encoder_width, batch_size, device, bf16=False
     def stacks():
         return torch.randint(0, 256, (batch_size, 4, 84, 84), dtype=torch.uint8, device=device)
 
-    batch = bro_atari.Batch(stacks(), torch.randint(18, (batch_size,), device=device),
-                            torch.randn(batch_size, device=device), torch.full((batch_size,), 0.99**3, device=device),
-                            stacks(), torch.randint(num_games, (batch_size,), device=device))
+    batch = bro_atari.Batch(
+        stacks(),
+        torch.randint(18, (batch_size,), device=device),
+        torch.randn(batch_size, device=device),
+        torch.full((batch_size,), 0.99**3, device=device),
+        stacks(),
+        torch.randint(num_games, (batch_size,), device=device),
+    )
     support = torch.linspace(-10, 10, 101, device=device)
 
     def update(batch):  # the training loop's update_step
@@ -104,8 +109,12 @@ def counted_update_flops(batch_size, num_games, num_actions, width, encoder_widt
 def mode_flags(mode, device):
     """(compile, cudagraphs, bf16) of a mode on this device, or the reason it cannot run here."""
     cuda = device.type == "cuda"
-    flags = {"eager": (False, False, False), "compile": (True, False, False),
-             "compile+cudagraphs": (True, True, False), "bf16": (True, cuda, True)}[mode]
+    flags = {
+        "eager": (False, False, False),
+        "compile": (True, False, False),
+        "compile+cudagraphs": (True, True, False),
+        "bf16": (True, cuda, True),
+    }[mode]
     if flags[1] and not cuda:
         return "needs CUDA"
     return flags
@@ -187,22 +196,36 @@ if __name__ == "__main__":
     if device.type == "cpu":
         torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, device {device}" + (f" ({torch.cuda.get_device_name(device)})"
-          if device.type == "cuda" else f", {torch.get_num_threads()} threads"))
+    print(
+        f"torch {torch.__version__}, device {device}"
+        + (
+            f" ({torch.cuda.get_device_name(device)})"
+            if device.type == "cuda"
+            else f", {torch.get_num_threads()} threads"
+        )
+    )
     games = bro_atari.resolve_env_ids(args.env_ids)
     serial_envs, async_envs = make_envs(games, False), make_envs(games, True)
     steps_per_s = time_emulation(serial_envs, args.seconds)
-    print(f"emulation ({len(games)} games: {', '.join(games)}): {steps_per_s:.1f} steps/s = "
-          f"{steps_per_s * len(games) * bro_atari.FRAME_SKIP:.0f} frames/s")
+    print(
+        f"emulation ({len(games)} games: {', '.join(games)}): {steps_per_s:.1f} steps/s = "
+        f"{steps_per_s * len(games) * bro_atari.FRAME_SKIP:.0f} frames/s"
+    )
     sizes = [(p, bro_atari.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]
     formula = update_flops(2, len(games), 18, sizes[0][1], args.encoder_width)
     counted = counted_update_flops(2, len(games), 18, sizes[0][1], args.encoder_width, device)
-    print(f"FLOPs of an update at batch 2, head width {sizes[0][1]}: formula {formula:,}, FlopCounterMode {counted:,} "
-          f"({'equal' if formula == counted else 'DIFFERENT: fix update_flops'})")
-    print(f"batch {args.batch_size}, encoder width {args.encoder_width}, {args.updates_per_step} update(s) per step; "
-          "peak GiB: torch.cuda.max_memory_allocated (CUDA only)")
-    print(f"{'preset':>7} {'width':>6} {'parameters':>12} {'mode':>18} {'first s':>8} {'updates/s':>10} "
-          f"{'serial st/s':>11} {'async st/s':>10} {'peak GiB':>8} {'GFLOP/upd':>9} {'TFLOP/s':>8}")
+    print(
+        f"FLOPs of an update at batch 2, head width {sizes[0][1]}: formula {formula:,}, FlopCounterMode {counted:,} "
+        f"({'equal' if formula == counted else 'DIFFERENT: fix update_flops'})"
+    )
+    print(
+        f"batch {args.batch_size}, encoder width {args.encoder_width}, {args.updates_per_step} update(s) per step; "
+        "peak GiB: torch.cuda.max_memory_allocated (CUDA only)"
+    )
+    print(
+        f"{'preset':>7} {'width':>6} {'parameters':>12} {'mode':>18} {'first s':>8} {'updates/s':>10} "
+        f"{'serial st/s':>11} {'async st/s':>10} {'peak GiB':>8} {'GFLOP/upd':>9} {'TFLOP/s':>8}"
+    )
     for name, width in sizes:
         parameters = bro_atari.model_parameter_counts(len(games), 18, width, args.encoder_width)["total"]
         flops = update_flops(args.batch_size, len(games), 18, width, args.encoder_width)
@@ -218,8 +241,9 @@ if __name__ == "__main__":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 torch.backends.cuda.matmul.allow_tf32 = bf16  # as bro_atari.main: TF32 comes with --bf16
-            update, batch = make_learner(len(games), width, args.encoder_width, args.batch_size, device, bf16,
-                                         capturable=cudagraphs)
+            update, batch = make_learner(
+                len(games), width, args.encoder_width, args.batch_size, device, bf16, capturable=cudagraphs
+            )
             update_step = run_utils.fast_update(update, compile, cudagraphs)
             try:
                 first, ups = time_updates(update_step, batch, device, args.seconds)
@@ -229,8 +253,11 @@ if __name__ == "__main__":
             serial = time_loop(serial_envs, update_step, batch, args.updates_per_step, device, args.seconds, False)
             overlapped = time_loop(async_envs, update_step, batch, args.updates_per_step, device, args.seconds, True)
             peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:8.2f}" if device.type == "cuda" else f"{'n/a':>8}"
-            print(f"{row} {first:>8.1f} {ups:>10.2f} {serial:>11.2f} {overlapped:>10.2f} {peak} {flops / 1e9:>9.2f} "
-                  f"{flops * ups / 1e12:>8.4f}", flush=True)
+            print(
+                f"{row} {first:>8.1f} {ups:>10.2f} {serial:>11.2f} {overlapped:>10.2f} {peak} {flops / 1e9:>9.2f} "
+                f"{flops * ups / 1e12:>8.4f}",
+                flush=True,
+            )
             del update, update_step, batch
     serial_envs.close()
     async_envs.close()

@@ -31,8 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_mt  # noqa: E402
 import run_utils  # noqa: E402
 
-MODES = {"eager": {}, "compile": {"compile": True}, "cudagraphs": {"compile": True, "cudagraphs": True},
-         "bf16": {"compile": True, "cudagraphs": True, "bf16": True}}
+MODES = {
+    "eager": {},
+    "compile": {"compile": True},
+    "cudagraphs": {"compile": True, "cudagraphs": True},
+    "bf16": {"compile": True, "cudagraphs": True, "bf16": True},
+}
 
 
 def mode_flags(mode: str, device: torch.device) -> dict:
@@ -70,22 +74,28 @@ def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags
     actor = bro_mt.Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
     graph = {"capturable": flags.get("cudagraphs", False)}
-    optimizers = (torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, **graph),
-                  torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, **graph),
-                  torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), **graph))
+    optimizers = (
+        torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, **graph),
+        torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, **graph),
+        torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), **graph),
+    )
     masks = torch.ones(num_tasks, action_dim, device=device)
     entropy = torch.full((num_tasks,), -action_dim / 2, device=device)
     support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)
 
     def update_step(batch):
-        return bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support,
-                             0.99, 0.005)
+        return bro_mt.update(
+            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support, 0.99, 0.005
+        )
 
-    batch = bro_mt.Batch(torch.randn(batch_size, obs_dim, device=device),
-                         torch.rand(batch_size, action_dim, device=device) * 2 - 1,
-                         torch.rand(batch_size, device=device), torch.randn(batch_size, obs_dim, device=device),
-                         torch.zeros(batch_size, device=device),
-                         torch.randint(num_tasks, (batch_size,), device=device))
+    batch = bro_mt.Batch(
+        torch.randn(batch_size, obs_dim, device=device),
+        torch.rand(batch_size, action_dim, device=device) * 2 - 1,
+        torch.rand(batch_size, device=device),
+        torch.randn(batch_size, obs_dim, device=device),
+        torch.zeros(batch_size, device=device),
+        torch.randint(num_tasks, (batch_size,), device=device),
+    )
     return run_utils.fast_update(update_step, flags.get("compile", False), flags.get("cudagraphs", False)), batch
 
 
@@ -118,10 +128,23 @@ def time_loop(args, width, device, flags) -> float:
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
-            bro_mt.main(bro_mt.Args(env_ids=args.env_ids, critic_width=width, batch_size=args.batch_size,
-                                    learning_starts=n, total_timesteps=3 * n, log_interval=n, eval_interval=10**9,
-                                    eval_episodes=1, max_episode_steps=100, buffer_size=3 * n, cuda=device.type == "cuda",
-                                    async_envs=args.async_envs, **flags))
+            bro_mt.main(
+                bro_mt.Args(
+                    env_ids=args.env_ids,
+                    critic_width=width,
+                    batch_size=args.batch_size,
+                    learning_starts=n,
+                    total_timesteps=3 * n,
+                    log_interval=n,
+                    eval_interval=10**9,
+                    eval_episodes=1,
+                    max_episode_steps=100,
+                    buffer_size=3 * n,
+                    cuda=device.type == "cuda",
+                    async_envs=args.async_envs,
+                    **flags,
+                )
+            )
             events = EventAccumulator(os.path.join(tmp, "runs", os.listdir(os.path.join(tmp, "runs"))[0]))
             events.Reload()
             return events.Scalars("charts/SPS")[-1].value  # steps 2n..3n: learning, compiled and warm
@@ -212,14 +235,20 @@ if __name__ == "__main__":
     device = torch.device(args.device)
     check_flop_formula()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}; batch {args.batch_size}, obs {args.obs_dim}, action {args.action_dim}, "
-          f"{args.num_tasks} tasks; FLOP formula checked against torch's counter")
+    print(
+        f"torch {torch.__version__}, {name}; batch {args.batch_size}, obs {args.obs_dim}, action {args.action_dim}, "
+        f"{args.num_tasks} tasks; FLOP formula checked against torch's counter"
+    )
     if args.envs:
         serial, workers = (time_envs(args.env_ids, a, args.seconds) for a in (False, True))
-        print(f"environments {' '.join(args.env_ids)} on {os.cpu_count()} cores: serial {serial:.1f} steps/s, "
-              f"--async-envs {workers:.1f} steps/s ({workers / serial:.2f}x)")
-    print(f"{'preset':>7} {'width':>6} {'mode':>10} {'GFLOP/upd':>10} {'updates/s':>10} {'TFLOP/s':>8} "
-          f"{'loop steps/s':>13} {'peak GiB':>9} {'warm-up s':>10}")
+        print(
+            f"environments {' '.join(args.env_ids)} on {os.cpu_count()} cores: serial {serial:.1f} steps/s, "
+            f"--async-envs {workers:.1f} steps/s ({workers / serial:.2f}x)"
+        )
+    print(
+        f"{'preset':>7} {'width':>6} {'mode':>10} {'GFLOP/upd':>10} {'updates/s':>10} {'TFLOP/s':>8} "
+        f"{'loop steps/s':>13} {'peak GiB':>9} {'warm-up s':>10}"
+    )
     for preset, width in [(p, bro_mt.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]:
         flops = update_flops(args.obs_dim, args.action_dim, args.num_tasks, width, args.batch_size)
         for mode in args.modes:
@@ -234,9 +263,12 @@ if __name__ == "__main__":
                 error = (out.stderr.strip().splitlines() or ["no output"])[-1]
                 print(f"{row}  failed: {error}", flush=True)
                 continue
-            r = json.loads(line[len("RESULT "):])
+            r = json.loads(line[len("RESULT ") :])
             loop = f"{r['loop_steps_per_s']:>13.2f}" if "loop_steps_per_s" in r else f"{'-':>13}"
-            print(f"{row} {r['updates_per_s']:>10.2f} {flops * r['updates_per_s'] / 1e12:>8.3f} {loop} "
-                  f"{r['peak_gib']:>9.2f} {r['warmup_s']:>10.1f}", flush=True)
+            print(
+                f"{row} {r['updates_per_s']:>10.2f} {flops * r['updates_per_s'] / 1e12:>8.3f} {loop} "
+                f"{r['peak_gib']:>9.2f} {r['warmup_s']:>10.1f}",
+                flush=True,
+            )
     if device.type != "cuda":
         print("CPU: bf16 = --compile --bf16; peak GiB = the process's peak resident memory")

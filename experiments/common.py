@@ -59,8 +59,13 @@ def add_training_args(parser: argparse.ArgumentParser, steps: int, seeds=(1, 2, 
     g.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help="seeds, one run per config and seed")
     g.add_argument("--steps", type=int, default=steps, help="environment steps per task of each run")
     g.add_argument("--width", type=int, default=64, help="critic width (paper: 4096)")
-    g.add_argument("--batch-size", type=int, default=64, help="batch of a single-task update; multi-task runs use "
-                   "this times the number of tasks, i.e. the same samples per task per update")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="batch of a single-task update; multi-task runs use "
+        "this times the number of tasks, i.e. the same samples per task per update",
+    )
     g.add_argument("--updates-per-step", type=int, default=1, help="gradient updates per environment step (paper: 2)")
     g.add_argument("--tau", type=float, default=0.05, help="Polyak rate (paper: 0.005; faster learning at small scale)")
     g.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (paper: 3e-4)")
@@ -74,11 +79,23 @@ def add_training_args(parser: argparse.ArgumentParser, steps: int, seeds=(1, 2, 
 
 def bro_args(ns: argparse.Namespace, env_ids: list[str], seed: int, exp_name: str, **overrides) -> dict:
     """bro_mt.Args fields for one run from the shared flags; `overrides` wins (e.g. critic_loss, init_from)."""
-    args = dict(env_ids=env_ids, seed=seed, exp_name=exp_name, critic_width=ns.width,
-                batch_size=ns.batch_size * len(env_ids), updates_per_step=ns.updates_per_step, tau=ns.tau,
-                learning_rate=ns.learning_rate, learning_starts=ns.learning_starts, total_timesteps=ns.steps,
-                buffer_size=max(ns.steps, 1), max_episode_steps=ns.max_episode_steps, eval_interval=ns.eval_interval,
-                eval_episodes=ns.eval_episodes, log_interval=ns.eval_interval)
+    args = dict(
+        env_ids=env_ids,
+        seed=seed,
+        exp_name=exp_name,
+        critic_width=ns.width,
+        batch_size=ns.batch_size * len(env_ids),
+        updates_per_step=ns.updates_per_step,
+        tau=ns.tau,
+        learning_rate=ns.learning_rate,
+        learning_starts=ns.learning_starts,
+        total_timesteps=ns.steps,
+        buffer_size=max(ns.steps, 1),
+        max_episode_steps=ns.max_episode_steps,
+        eval_interval=ns.eval_interval,
+        eval_episodes=ns.eval_episodes,
+        log_interval=ns.eval_interval,
+    )
     args.update(overrides)
     return args
 
@@ -123,8 +140,14 @@ def train(job: Job) -> dict:
         interrupted = saved["global_step"] < job.args["total_timesteps"]
         checkpoint = os.path.abspath(checkpoint)
     rows = eval_rows(job, run_dirs[-1], start) if run_dirs else []
-    return {"rows": rows, "updates": updates, "checkpoint": checkpoint, "error": error, "interrupted": interrupted,
-            "wall_s": time.time() - start}
+    return {
+        "rows": rows,
+        "updates": updates,
+        "checkpoint": checkpoint,
+        "error": error,
+        "interrupted": interrupted,
+        "wall_s": time.time() - start,
+    }
 
 
 def eval_rows(job: Job, run_dir: str, start: float) -> list[dict]:
@@ -138,9 +161,19 @@ def eval_rows(job: Job, run_dir: str, start: float) -> list[dict]:
     for task in job.args["env_ids"]:
         tag = f"eval/return/{task}"
         for e in events.Scalars(tag) if tag in events.Tags()["scalars"] else []:
-            rows.append({"experiment": job.experiment, "config": job.config, "seed": job.seed, "run": job.run,
-                         "task": task, "step": e.step, "return": round(e.value / job.reward_scales.get(task, 1.0), 2),
-                         "updates": max(0, e.step - starts) * ups, "wall_s": round(e.wall_time - start, 1)})
+            rows.append(
+                {
+                    "experiment": job.experiment,
+                    "config": job.config,
+                    "seed": job.seed,
+                    "run": job.run,
+                    "task": task,
+                    "step": e.step,
+                    "return": round(e.value / job.reward_scales.get(task, 1.0), 2),
+                    "updates": max(0, e.step - starts) * ups,
+                    "wall_s": round(e.wall_time - start, 1),
+                }
+            )
     return rows
 
 
@@ -151,9 +184,11 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
     """
     done = {row["run"] for row in read_csv(csv_path)} if os.path.exists(csv_path) else set()
     todo = [job for job in jobs if job.run not in done]
-    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {os.path.relpath(csv_path, ROOT)}; "
-          f"running {len(todo)}, {max_workers} at a time (logs: experiments/runs/<experiment>/<run>/train.log)",
-          flush=True)
+    print(
+        f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {os.path.relpath(csv_path, ROOT)}; "
+        f"running {len(todo)}, {max_workers} at a time (logs: experiments/runs/<experiment>/<run>/train.log)",
+        flush=True,
+    )
     print(code_version(), flush=True)
     results, start = {}, time.time()
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per run: clean module state, one thread
@@ -174,9 +209,12 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
             final_step = max([r["step"] for r in result["rows"]], default=None)
             last = {r["task"]: r["return"] for r in result["rows"] if r["step"] == final_step}
             status = f"FAILED ({result['error']})" if result["error"] else "done"
-            print(f"  {status} {job.run} in {result['wall_s']:.0f}s, {result['updates']} updates; final eval "
-                  + ", ".join(f"{t} {v:.0f}" for t, v in last.items())
-                  + f" [{len(results)}/{len(todo)}, {time.time() - start:.0f}s elapsed]", flush=True)
+            print(
+                f"  {status} {job.run} in {result['wall_s']:.0f}s, {result['updates']} updates; final eval "
+                + ", ".join(f"{t} {v:.0f}" for t, v in last.items())
+                + f" [{len(results)}/{len(todo)}, {time.time() - start:.0f}s elapsed]",
+                flush=True,
+            )
     return results
 
 
@@ -207,8 +245,17 @@ def append_csv(path: str, rows: list[dict]):
 
 def read_csv(path: str) -> list[dict]:
     with open(path, newline="") as f:
-        return [{**r, "seed": int(r["seed"]), "step": int(r["step"]), "return": float(r["return"]),
-                 "updates": int(r["updates"]), "wall_s": float(r["wall_s"])} for r in csv.DictReader(f)]
+        return [
+            {
+                **r,
+                "seed": int(r["seed"]),
+                "step": int(r["step"]),
+                "return": float(r["return"]),
+                "updates": int(r["updates"]),
+                "wall_s": float(r["wall_s"]),
+            }
+            for r in csv.DictReader(f)
+        ]
 
 
 def curves(rows: list[dict]) -> dict:
@@ -271,18 +318,25 @@ def total_updates(rows: list[dict], config: str) -> int:
 def summarize(csv_path: str):
     """Print the final evaluation of every config: per task mean +- std over seeds, and the aggregate IQM."""
     rows = read_csv(csv_path)
-    print(f"\nfinal evaluation ({os.path.relpath(csv_path, ROOT)}); returns in the tasks' own units, mean +- std "
-          "over seeds; IQM of return/1000 over seeds x tasks with 95% stratified bootstrap CI")
+    print(
+        f"\nfinal evaluation ({os.path.relpath(csv_path, ROOT)}); returns in the tasks' own units, mean +- std "
+        "over seeds; IQM of return/1000 over seeds x tasks with 95% stratified bootstrap CI"
+    )
     for config, task_curves in curves(rows).items():
         steps, value, lo, hi = aggregate(task_curves)
-        wall = sum(max(r["wall_s"] for r in rows if r["run"] == run)
-                   for run in {r["run"] for r in rows if r["config"] == config})
+        wall = sum(
+            max(r["wall_s"] for r in rows if r["run"] == run)
+            for run in {r["run"] for r in rows if r["config"] == config}
+        )
         parts = [f"{task} {r[:, -1].mean():.0f}+-{r[:, -1].std():.0f}" for task, (_, r) in task_curves.items()]
-        print(f"  {config:<22} @ {steps[-1]:,} steps | " + " | ".join(parts)
-              + f" | IQM {value[-1]:.3f} [{lo[-1]:.3f}, {hi[-1]:.3f}] | updates/seed {total_updates(rows, config):,}"
-              + f" | {wall / 60:.1f} run-min", flush=True)
+        print(
+            f"  {config:<22} @ {steps[-1]:,} steps | "
+            + " | ".join(parts)
+            + f" | IQM {value[-1]:.3f} [{lo[-1]:.3f}, {hi[-1]:.3f}] | updates/seed {total_updates(rows, config):,}"
+            + f" | {wall / 60:.1f} run-min",
+            flush=True,
+        )
 
 
 def csv_path_for(ns: argparse.Namespace, experiment: str) -> str:
     return ns.csv or os.path.join(RESULTS, f"{experiment}.csv")
-

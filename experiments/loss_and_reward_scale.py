@@ -39,18 +39,42 @@ def parse_scale(text: str) -> tuple[str, float]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["cartpole-balance", "cartpole-swingup"],
-                        help="dm_control tasks of the multi-task agent")
-    parser.add_argument("--reward-scale", type=parse_scale, nargs="*", default=[("cartpole-swingup", 100.0)],
-                        metavar="TASK=FACTOR", help="multiply a task's training rewards by FACTOR")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS)[:4],
-                        help="critic loss / reward normalisation / task conditioning variants to run")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["cartpole-balance", "cartpole-swingup"],
+        help="dm_control tasks of the multi-task agent",
+    )
+    parser.add_argument(
+        "--reward-scale",
+        type=parse_scale,
+        nargs="*",
+        default=[("cartpole-swingup", 100.0)],
+        metavar="TASK=FACTOR",
+        help="multiply a task's training rewards by FACTOR",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=list(CONFIGS)[:4],
+        help="critic loss / reward normalisation / task conditioning variants to run",
+    )
     common.add_training_args(parser, steps=8_000)
     ns = parser.parse_args()
     scales = dict(ns.reward_scale)
-    jobs = [common.Job(EXPERIMENT, config, seed, f"{config}/seed{seed}",
-                       common.bro_args(ns, ns.tasks, seed, config.replace("+", "_"), **CONFIGS[config]), scales)
-            for seed in ns.seeds for config in ns.configs]
+    jobs = [
+        common.Job(
+            EXPERIMENT,
+            config,
+            seed,
+            f"{config}/seed{seed}",
+            common.bro_args(ns, ns.tasks, seed, config.replace("+", "_"), **CONFIGS[config]),
+            scales,
+        )
+        for seed in ns.seeds
+        for config in ns.configs
+    ]
     csv_path = common.csv_path_for(ns, EXPERIMENT)
     start = time.time()
     print(f"training rewards rescaled: {scales}")

@@ -36,8 +36,12 @@ def make_jobs(ns: argparse.Namespace) -> list[common.Job]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["cartpole-balance", "cartpole-swingup"],
-                        help="dm_control tasks of the multi-task agent; each also gets a single-task agent")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["cartpole-balance", "cartpole-swingup"],
+        help="dm_control tasks of the multi-task agent; each also gets a single-task agent",
+    )
     common.add_training_args(parser, steps=10_000, seeds=(1, 2, 3, 4, 5))
     ns = parser.parse_args()
     csv_path = common.csv_path_for(ns, EXPERIMENT)

@@ -23,8 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 # The README's figures: (suffix, configs) per CSV; a CSV not listed gets one figure of all its configs.
-FIGURES = {"loss_and_reward_scale": [("", ["categorical+norm", "categorical", "mse+norm", "mse"]),
-                                     ("conditioning", ["categorical+norm", "multihead", "no-task-id"])]}
+FIGURES = {
+    "loss_and_reward_scale": [
+        ("", ["categorical+norm", "categorical", "mse+norm", "mse"]),
+        ("conditioning", ["categorical+norm", "multihead", "no-task-id"]),
+    ]
+}
 
 
 def plot(name: str, configs=None, suffix: str = "", dpi: int = 80) -> str:

@@ -34,9 +34,23 @@ CONFIGS = {  # name -> does it start from the pretrained checkpoint, does it fre
 
 def pretrain(ns: argparse.Namespace, csv_path: str) -> dict:
     """Phase 1: {seed: checkpoint path}, training the seeds not yet in `csv_path`."""
-    jobs = [common.Job(EXPERIMENT, "pretrain", seed, f"pretrain/seed{seed}",
-                       common.bro_args(ns, ns.pretrain_tasks, seed, "pretrain", total_timesteps=ns.pretrain_steps,
-                                       buffer_size=ns.pretrain_steps)) for seed in ns.seeds]
+    jobs = [
+        common.Job(
+            EXPERIMENT,
+            "pretrain",
+            seed,
+            f"pretrain/seed{seed}",
+            common.bro_args(
+                ns,
+                ns.pretrain_tasks,
+                seed,
+                "pretrain",
+                total_timesteps=ns.pretrain_steps,
+                buffer_size=ns.pretrain_steps,
+            ),
+        )
+        for seed in ns.seeds
+    ]
     common.run_jobs(jobs, csv_path, ns.jobs)
     finished = {row["run"] for row in common.read_csv(csv_path)} if os.path.exists(csv_path) else set()
     checkpoints = {}
@@ -50,13 +64,26 @@ def pretrain(ns: argparse.Namespace, csv_path: str) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-tasks", nargs="+", default=["cartpole-balance", "cartpole-swingup"],
-                        help="tasks of the pretrained multi-task agent")
+    parser.add_argument(
+        "--pretrain-tasks",
+        nargs="+",
+        default=["cartpole-balance", "cartpole-swingup"],
+        help="tasks of the pretrained multi-task agent",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=10_000, help="environment steps per pretraining task")
-    parser.add_argument("--pretrained", nargs="+", default=None, metavar="CHECKPOINT",
-                        help="skip phase 1: bro_mt checkpoints, one per seed in --seeds order (same critic width)")
-    parser.add_argument("--tasks", nargs="+", default=["cartpole-balance_sparse", "cartpole-swingup_sparse"],
-                        help="held-out tasks, learned together (their sizes must fit the pretrained ones)")
+    parser.add_argument(
+        "--pretrained",
+        nargs="+",
+        default=None,
+        metavar="CHECKPOINT",
+        help="skip phase 1: bro_mt checkpoints, one per seed in --seeds order (same critic width)",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["cartpole-balance_sparse", "cartpole-swingup_sparse"],
+        help="held-out tasks, learned together (their sizes must fit the pretrained ones)",
+    )
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     common.add_training_args(parser, steps=5_000, seeds=(1, 2, 3, 4, 5))
     ns = parser.parse_args()
@@ -72,8 +99,9 @@ if __name__ == "__main__":
     for seed in ns.seeds:
         for config in ns.configs:
             init, freeze = CONFIGS[config]
-            args = common.bro_args(ns, ns.tasks, seed, config, init_from=checkpoints[seed] if init else None,
-                                   freeze_trunk=freeze)
+            args = common.bro_args(
+                ns, ns.tasks, seed, config, init_from=checkpoints[seed] if init else None, freeze_trunk=freeze
+            )
             jobs.append(common.Job(EXPERIMENT, config, seed, f"{config}/seed{seed}", args))
     common.run_jobs(jobs, csv_path, ns.jobs)
     print(f"wall-clock {(time.time() - start) / 60:.1f} min")

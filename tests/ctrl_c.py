@@ -12,8 +12,15 @@ def press_ctrl_c_during(script: str, cwd, when: str) -> tuple[int, str]:
     """Run `python -c script` in its own process group; once a line starts with `when`, send SIGINT to the whole
     group (worker processes included, as a terminal's Ctrl-C does). Returns the exit code and the output."""
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-u", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-c", script],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines = []
     try:
         for line in process.stdout:

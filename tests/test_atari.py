@@ -12,8 +12,18 @@ import torch
 
 import bro_atari
 import run_utils
-from bro_atari import (Args, RewardNormalizer, ReplayBuffer, categorical_projection, double_dqn_target,
-                       epsilon_schedule, human_normalized, interquartile_mean, main, reward_scale)
+from bro_atari import (
+    Args,
+    RewardNormalizer,
+    ReplayBuffer,
+    categorical_projection,
+    double_dqn_target,
+    epsilon_schedule,
+    human_normalized,
+    interquartile_mean,
+    main,
+    reward_scale,
+)
 
 SHARED = [os.path.join(os.path.dirname(__file__), "..", "..", "shared"), "/work/shared"]
 
@@ -36,7 +46,7 @@ class PixelGame:
     def _frame(self):
         frame = self.rng.integers(0, 60, (84, 84), dtype=np.uint8) if self.noise else np.zeros((84, 84), np.uint8)
         row, col = divmod(self.target, 2)
-        frame[row * 42:(row + 1) * 42, col * 42:(col + 1) * 42] = 200
+        frame[row * 42 : (row + 1) * 42, col * 42 : (col + 1) * 42] = 200
         return frame
 
     def reset(self, seed=None):
@@ -155,7 +165,10 @@ def test_double_dqn_target_matches_a_plain_loop():
     got = double_dqn_target(online, target, returns, bootstrap, support)
     delta = 0.4
     for b in range(batch):
-        q = [sum(torch.softmax(online[b, a], 0)[j].item() * support[j].item() for j in range(bins)) for a in range(actions)]
+        q = [
+            sum(torch.softmax(online[b, a], 0)[j].item() * support[j].item() for j in range(bins))
+            for a in range(actions)
+        ]
         best = max(range(actions), key=lambda a: q[a])
         probs = torch.softmax(target[b, best], 0)
         expected = [0.0] * bins
@@ -214,8 +227,14 @@ def test_human_normalised_scores_and_iqm():
 
 
 def test_embedded_reference_scores_equal_the_shared_csv():
-    path = next((os.path.join(d, "atari_reference_scores.csv") for d in SHARED
-                 if os.path.exists(os.path.join(d, "atari_reference_scores.csv"))), None)
+    path = next(
+        (
+            os.path.join(d, "atari_reference_scores.csv")
+            for d in SHARED
+            if os.path.exists(os.path.join(d, "atari_reference_scores.csv"))
+        ),
+        None,
+    )
     if path is None:
         pytest.skip("atari_reference_scores.csv is not beside this checkout")
     with open(path) as f:
@@ -245,9 +264,21 @@ def one_thread():
 
 
 def tiny_args(**kwargs) -> Args:
-    defaults = dict(env_ids=["Pong", "Breakout"], critic_width=32, encoder_width=2, batch_size=16, buffer_size=500,
-                    learning_starts=10, total_timesteps=40, eval_interval=40, eval_episodes=1, log_interval=20,
-                    max_episode_frames=160, epsilon_decay_steps=20, cuda=False)
+    defaults = dict(
+        env_ids=["Pong", "Breakout"],
+        critic_width=32,
+        encoder_width=2,
+        batch_size=16,
+        buffer_size=500,
+        learning_starts=10,
+        total_timesteps=40,
+        eval_interval=40,
+        eval_episodes=1,
+        log_interval=20,
+        max_episode_frames=160,
+        epsilon_decay_steps=20,
+        cuda=False,
+    )
     defaults.update(kwargs)
     return Args(**defaults)
 
@@ -289,9 +320,22 @@ def test_learns_a_pixel_game_with_two_game_embeddings(tmp_path, monkeypatch, cap
     """Both games show the same frames but reward different actions: only the game embedding tells them apart,
     so a policy that ignores it scores at most 10 in one game and 0 in the other."""
     monkeypatch.chdir(tmp_path)
-    args = Args(env_ids=["A", "B"], critic_width=64, encoder_width=2, batch_size=32, buffer_size=5000,
-                learning_starts=100, total_timesteps=800, eval_interval=800, eval_episodes=10, log_interval=400,
-                epsilon_decay_steps=200, learning_rate=1e-3, cuda=False, seed=3)
+    args = Args(
+        env_ids=["A", "B"],
+        critic_width=64,
+        encoder_width=2,
+        batch_size=32,
+        buffer_size=5000,
+        learning_starts=100,
+        total_timesteps=800,
+        eval_interval=800,
+        eval_episodes=10,
+        log_interval=400,
+        epsilon_decay_steps=200,
+        learning_rate=1e-3,
+        cuda=False,
+        seed=3,
+    )
     main(args, make_env=lambda game, seed: PixelGame(game, seed))
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("eval @ 800"))
     scores = [float(line.split(f" {g} ")[1].split()[0]) for g in "AB"]

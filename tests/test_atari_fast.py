@@ -42,9 +42,17 @@ def random_batches(count, device="cpu", seed=1):
     def stacks():
         return torch.randint(0, 256, (BATCH, 4, 84, 84), dtype=torch.uint8, generator=g)
 
-    batches = [Batch(stacks(), torch.randint(ACTIONS, (BATCH,), generator=g), torch.randn(BATCH, generator=g),
-                     0.99**3 * (torch.rand(BATCH, generator=g) > 0.2), stacks(),
-                     torch.randint(GAMES, (BATCH,), generator=g)) for _ in range(count)]
+    batches = [
+        Batch(
+            stacks(),
+            torch.randint(ACTIONS, (BATCH,), generator=g),
+            torch.randn(BATCH, generator=g),
+            0.99**3 * (torch.rand(BATCH, generator=g) > 0.2),
+            stacks(),
+            torch.randint(GAMES, (BATCH,), generator=g),
+        )
+        for _ in range(count)
+    ]
     return [Batch(*(x.to(device) for x in batch)) for batch in batches]
 
 
@@ -52,8 +60,9 @@ def run_updates(batches, device="cpu", compile=False, cudagraphs=False, bf16=Fal
     """The training loop's update_step for the given flags on `batches`: per-update metrics and the final weights."""
     q_network, target_network, optimizer = learner(device, bf16, capturable=cudagraphs)
     support = torch.linspace(-10, 10, 101, device=device)
-    update_step = fast_update(lambda batch: update(batch, q_network, target_network, optimizer, support, 0.005),
-                              compile, cudagraphs)
+    update_step = fast_update(
+        lambda batch: update(batch, q_network, target_network, optimizer, support, 0.005), compile, cudagraphs
+    )
     metrics = torch.stack([update_step(batch) for batch in batches]).cpu()
     weights = {f"q.{k}": v.detach().cpu().clone() for k, v in q_network.state_dict().items()}
     weights |= {f"target.{k}": v.detach().cpu().clone() for k, v in target_network.state_dict().items()}
@@ -115,8 +124,13 @@ def test_cuda_graphs_match_eager_on_cuda():
         q_network, target_network, optimizer = learner("cuda", capturable=True)
         support = torch.linspace(-10, 10, 101, device="cuda")
         eager = torch.stack([update(b, q_network, target_network, optimizer, support, 0.005) for b in batches]).cpu()
-        eager = (eager, {**{f"q.{k}": v.cpu() for k, v in q_network.state_dict().items()},
-                         **{f"target.{k}": v.cpu() for k, v in target_network.state_dict().items()}})
+        eager = (
+            eager,
+            {
+                **{f"q.{k}": v.cpu() for k, v in q_network.state_dict().items()},
+                **{f"target.{k}": v.cpu() for k, v in target_network.state_dict().items()},
+            },
+        )
         assert_same_updates(run_updates(batches, "cuda", cudagraphs=True), eager, rtol=1e-3, atol=1e-4)
         assert_same_updates(run_updates(batches, "cuda", compile=True, cudagraphs=True), eager, rtol=1e-3, atol=1e-4)
     finally:
@@ -143,8 +157,10 @@ def step_both(make_env, games, steps, num_actions, seed=0):
     (frames, rewards, terminations, truncations, life_lost, final frames) and the workers' states at the half."""
     runs = []
     for vector_env in (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv):
-        envs = vector_env([partial(GameEnv, make_env, game, 10 + i) for i, game in enumerate(games)],
-                          autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        envs = vector_env(
+            [partial(GameEnv, make_env, game, 10 + i) for i, game in enumerate(games)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
         rng, records = np.random.default_rng(seed), []
         records.append(envs.reset()[0])
         for t in range(steps):
@@ -186,8 +202,9 @@ def test_async_envs_give_the_serial_transitions():
     assert_same_records(serial, workers)
     assert sum(r[3].sum() for r in serial[1:]) >= 4  # both games were cut twice or more: final frames compared
 
-    serial, workers = step_both(lambda game, seed: PixelGame(game, seed, truncate_at=7 if game == "B" else 0),
-                                ["A", "B"], 40, 4)
+    serial, workers = step_both(
+        lambda game, seed: PixelGame(game, seed, truncate_at=7 if game == "B" else 0), ["A", "B"], 40, 4
+    )
     assert_same_records(serial, workers)
     assert sum(r[2].sum() for r in serial[1:]) >= 3 and sum(sum(r[4]) for r in serial[1:]) >= 6
     assert sum(r[3].sum() for r in serial[1:]) >= 4 and sum(r[1].sum() for r in serial[1:]) > 0
@@ -199,8 +216,9 @@ def test_async_envs_training_resumes_exactly(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     full = torch.load(main(tiny_args(exp_name="full", save_buffer=True, async_envs=True)), weights_only=True)
     half = main(tiny_args(exp_name="half", total_timesteps=25, save_buffer=True, async_envs=True))
-    resumed = torch.load(main(tiny_args(exp_name="half", resume=half, save_buffer=True, async_envs=True)),
-                         weights_only=True)
+    resumed = torch.load(
+        main(tiny_args(exp_name="half", resume=half, save_buffer=True, async_envs=True)), weights_only=True
+    )
     assert resumed["global_step"] == full["global_step"] == 40
     for name, value in full["q_network"].items():
         torch.testing.assert_close(resumed["q_network"][name], value, rtol=0, atol=0)
@@ -213,9 +231,11 @@ def test_async_envs_training_resumes_exactly(tmp_path, monkeypatch, one_thread):
 def test_ctrl_c_with_async_envs_saves_a_checkpoint(tmp_path):
     """A terminal's Ctrl-C reaches the whole process group, workers included: they must ignore it, so that the main
     process can finish its step, save and close them (instead of dying on a broken pipe)."""
-    script = ("import bro_atari; bro_atari.main(bro_atari.Args(env_ids=['Pong', 'Breakout'], critic_width=32, "
-              "encoder_width=2, batch_size=8, buffer_size=500, learning_starts=10, total_timesteps=100_000, "
-              "log_interval=5, eval_interval=100_000, cuda=False, async_envs=True))")
+    script = (
+        "import bro_atari; bro_atari.main(bro_atari.Args(env_ids=['Pong', 'Breakout'], critic_width=32, "
+        "encoder_width=2, batch_size=8, buffer_size=500, learning_starts=10, total_timesteps=100_000, "
+        "log_interval=5, eval_interval=100_000, cuda=False, async_envs=True))"
+    )
     returncode, output = press_ctrl_c_during(script, tmp_path, when="step 15/")  # updates are running
     assert returncode == 0 and "stopped at step" in output, output[-3000:]
     assert glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))
@@ -228,4 +248,5 @@ def test_update_flop_formula_equals_torchs_count():
     spec.loader.exec_module(bench)
     for games, actions, width, encoder_width, batch_size in [(2, 4, 32, 2, 8), (1, 6, 48, 3, 5)]:
         assert bench.update_flops(batch_size, games, actions, width, encoder_width) == bench.counted_update_flops(
-            batch_size, games, actions, width, encoder_width, torch.device("cpu"))
+            batch_size, games, actions, width, encoder_width, torch.device("cpu")
+        )

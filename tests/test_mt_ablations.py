@@ -9,8 +9,17 @@ import torch.nn.functional as F
 
 import bro_mt
 
-TINY = dict(env_ids=["DMC_TINY"], critic_width=32, batch_size=32, learning_starts=50, eval_interval=10_000,
-            eval_episodes=1, log_interval=50, max_episode_steps=60, buffer_size=1000)
+TINY = dict(
+    env_ids=["DMC_TINY"],
+    critic_width=32,
+    batch_size=32,
+    learning_starts=50,
+    eval_interval=10_000,
+    eval_episodes=1,
+    log_interval=50,
+    max_episode_steps=60,
+    buffer_size=1000,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +33,14 @@ def run(**overrides) -> dict:
 
 def tiny_batch(batch_size=6, obs_dim=5, action_dim=2, num_tasks=3):
     g = torch.Generator().manual_seed(0)
-    return bro_mt.Batch(torch.randn(batch_size, obs_dim, generator=g), torch.rand(batch_size, action_dim, generator=g),
-                        torch.randn(batch_size, generator=g), torch.randn(batch_size, obs_dim, generator=g),
-                        torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]), torch.tensor([0, 1, 2, 0, 1, 2]))
+    return bro_mt.Batch(
+        torch.randn(batch_size, obs_dim, generator=g),
+        torch.rand(batch_size, action_dim, generator=g),
+        torch.randn(batch_size, generator=g),
+        torch.randn(batch_size, obs_dim, generator=g),
+        torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+        torch.tensor([0, 1, 2, 0, 1, 2]),
+    )
 
 
 def test_mse_critic_regresses_on_the_soft_td_target():
@@ -56,7 +70,7 @@ def test_multihead_critic_uses_each_samples_own_head():
     out = critic(batch.obs, batch.actions, batch.task_ids)
     features = critic.trunk(torch.cat([batch.obs, batch.actions], -1).expand(2, 6, 7))
     for i, task in enumerate(batch.task_ids.tolist()):
-        w, b = critic.head.weight[:, :, 7 * task: 7 * task + 7], critic.head.bias[:, :, 7 * task: 7 * task + 7]
+        w, b = critic.head.weight[:, :, 7 * task : 7 * task + 7], critic.head.bias[:, :, 7 * task : 7 * task + 7]
         torch.testing.assert_close(out[:, i], torch.einsum("mf,mfo->mo", features[:, i], w) + b[:, 0])
     # The actor reads a one-hot task id.
     torch.testing.assert_close(critic.embed(batch.task_ids), F.one_hot(batch.task_ids, 3).float())
@@ -66,12 +80,21 @@ def test_unconditioned_critic_ignores_the_task():
     critic = bro_mt.Critic(5, 2, 3, 16, conditioning="none")
     batch = tiny_batch()
     assert critic.embedding_dim == 0 and critic.task_embedding is None
-    torch.testing.assert_close(critic(batch.obs, batch.actions, batch.task_ids),
-                               critic(batch.obs, batch.actions, torch.zeros_like(batch.task_ids)))
+    torch.testing.assert_close(
+        critic(batch.obs, batch.actions, batch.task_ids),
+        critic(batch.obs, batch.actions, torch.zeros_like(batch.task_ids)),
+    )
 
 
-@pytest.mark.parametrize("overrides", [dict(critic_loss="mse"), dict(task_conditioning="multihead"),
-                                       dict(task_conditioning="none"), dict(reward_norm=False)])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(critic_loss="mse"),
+        dict(task_conditioning="multihead"),
+        dict(task_conditioning="none"),
+        dict(reward_norm=False),
+    ],
+)
 def test_ablation_runs_train(overrides):
     ckpt = run(total_timesteps=120, **overrides)
     assert ckpt["critic_optimizer"]["state"][0]["step"].item() == 2 * (120 - 50)
@@ -111,11 +134,14 @@ def test_transfer_initialises_new_embeddings_near_the_pretrained_mean():
     torch.testing.assert_close(critic.state_dict()["trunk.linear.weight"], pretrained["critic"]["trunk.linear.weight"])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(env_ids=["reacher-easy"]), "observations of up to 5 and actions of up to 2 .* these tasks need 6 and 2"),
-    (dict(env_ids=["cartpole-swingup"], critic_width=64), "checkpoint's critic_width is 32 but this run's is 64"),
-    (dict(env_ids=["cartpole-swingup"], critic_loss="mse"), "critic_loss is categorical but this run's is mse"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(env_ids=["reacher-easy"]), "observations of up to 5 and actions of up to 2 .* these tasks need 6 and 2"),
+        (dict(env_ids=["cartpole-swingup"], critic_width=64), "checkpoint's critic_width is 32 but this run's is 64"),
+        (dict(env_ids=["cartpole-swingup"], critic_loss="mse"), "critic_loss is categorical but this run's is mse"),
+    ],
+)
 def test_transfer_mismatch_is_refused(overrides, message):
     torch.save(run(total_timesteps=20), "pretrained.pt")
     with pytest.raises(SystemExit, match=message):

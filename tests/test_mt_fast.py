@@ -25,18 +25,23 @@ def make_learner(device="cpu", bf16=False, capturable=False):
     target = copy.deepcopy(critic).requires_grad_(False)
     actor = bro_mt.Actor(OBS, ACT, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
-    optimizers = (torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, capturable=capturable),
-                  torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, capturable=capturable),
-                  torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), capturable=capturable))
+    optimizers = (
+        torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, capturable=capturable),
+        torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, capturable=capturable),
+        torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), capturable=capturable),
+    )
     masks = torch.ones(TASKS, ACT, device=device)
     masks[0, 2] = 0  # task 0 has two action dims
     entropy = -masks.sum(-1) / 2
-    support, max_abs_return = torch.linspace(-10, 10, 101, device=device), torch.tensor([5.0, 50.0, 500.0],
-                                                                                         device=device)
+    support, max_abs_return = (
+        torch.linspace(-10, 10, 101, device=device),
+        torch.tensor([5.0, 50.0, 500.0], device=device),
+    )
 
     def update_step(batch):
-        return bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, max_abs_return,
-                             support, 0.99, 0.005)
+        return bro_mt.update(
+            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, max_abs_return, support, 0.99, 0.005
+        )
 
     return update_step, (critic, target, actor, log_alpha)
 
@@ -46,9 +51,16 @@ def batches(device="cpu"):
     out = []
     for _ in range(UPDATES):
         tasks = torch.randint(TASKS, (BATCH,), generator=g)
-        out.append(bro_mt.Batch(torch.randn(BATCH, OBS, generator=g), torch.rand(BATCH, ACT, generator=g) * 2 - 1,
-                                torch.randn(BATCH, generator=g) * 3, torch.randn(BATCH, OBS, generator=g),
-                                (torch.rand(BATCH, generator=g) < 0.1).float(), tasks))
+        out.append(
+            bro_mt.Batch(
+                torch.randn(BATCH, OBS, generator=g),
+                torch.rand(BATCH, ACT, generator=g) * 2 - 1,
+                torch.randn(BATCH, generator=g) * 3,
+                torch.randn(BATCH, OBS, generator=g),
+                (torch.rand(BATCH, generator=g) < 0.1).float(),
+                tasks,
+            )
+        )
     return [bro_mt.Batch(*(x.to(device) for x in b)) for b in out]
 
 
@@ -115,8 +127,9 @@ def test_cudagraphs_match_eager_on_gpu(compile, bf16):
     fast.warmup = 1  # so that most of the compared updates are graph replays
     result = train(fast, learner, "cuda")
     assert fast.graph is not None
-    assert_close_to_reference(result, reference, initial, metrics_rtol=5e-2 if bf16 else 1e-4,
-                              drift=0.25 if bf16 else 1e-2)
+    assert_close_to_reference(
+        result, reference, initial, metrics_rtol=5e-2 if bf16 else 1e-4, drift=0.25 if bf16 else 1e-2
+    )
 
 
 def test_main_wires_the_flags(monkeypatch):
@@ -134,8 +147,10 @@ def test_main_wires_the_flags(monkeypatch):
 def test_async_envs_step_exactly_like_serial_ones():
     """Worker processes (AsyncVectorEnv) and the in-process loop (SyncVectorEnv) give bit-identical transitions,
     final observations at episode ends, and states."""
-    fns = [lambda i=i, env_id=env_id: bro_mt.DMCEnv(env_id, i, 7, (5, 2))
-           for i, env_id in enumerate(["cartpole-balance", "point_mass-easy"])]
+    fns = [
+        lambda i=i, env_id=env_id: bro_mt.DMCEnv(env_id, i, 7, (5, 2))
+        for i, env_id in enumerate(["cartpole-balance", "point_mass-easy"])
+    ]
     serial = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     workers = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
@@ -173,9 +188,11 @@ def test_async_envs_run_learns_and_resumes_exactly():
 def test_ctrl_c_with_async_envs_saves_a_checkpoint(tmp_path):
     """A terminal's Ctrl-C reaches the whole process group, workers included: they must ignore it, so that the main
     process finishes its step, saves and closes them (instead of dying on a broken pipe)."""
-    script = ("import bro_mt; bro_mt.main(bro_mt.Args(env_ids=['DMC_TINY'], critic_width=32, batch_size=32, "
-              "learning_starts=20, total_timesteps=100_000, buffer_size=1000, log_interval=10, eval_interval=100_000, "
-              "async_envs=True))")
+    script = (
+        "import bro_mt; bro_mt.main(bro_mt.Args(env_ids=['DMC_TINY'], critic_width=32, batch_size=32, "
+        "learning_starts=20, total_timesteps=100_000, buffer_size=1000, log_interval=10, eval_interval=100_000, "
+        "async_envs=True))"
+    )
     returncode, output = press_ctrl_c_during(script, tmp_path, when="step 40/")  # updates are running
     assert returncode == 0 and "stopped at step" in output, output[-3000:]
     ckpt = torch.load(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))[0], weights_only=True)

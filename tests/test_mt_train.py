@@ -16,8 +16,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import bro_mt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(env_ids=["DMC_TINY"], critic_width=32, batch_size=32, learning_starts=50, eval_interval=150,
-            eval_episodes=1, log_interval=50, max_episode_steps=60, buffer_size=1000)
+TINY = dict(
+    env_ids=["DMC_TINY"],
+    critic_width=32,
+    batch_size=32,
+    learning_starts=50,
+    eval_interval=150,
+    eval_episodes=1,
+    log_interval=50,
+    max_episode_steps=60,
+    buffer_size=1000,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +61,16 @@ def test_smoke_two_tasks_of_different_sizes_learns_and_writes_everything():
         assert len(logged[f"eval/return/{task}"]) == 2  # steps 150 and 300
         assert len(logged[f"charts/episodic_return/{task}"]) == 300 // 60
         assert all(np.isfinite(logged[f"charts/reward_scale/{task}"]))
-    for tag in ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/alpha",
-                "charts/q_mean", "charts/SPS", "charts/updates_per_second"]:
+    for tag in [
+        "losses/critic_loss",
+        "losses/actor_loss",
+        "losses/alpha_loss",
+        "charts/entropy",
+        "charts/alpha",
+        "charts/q_mean",
+        "charts/SPS",
+        "charts/updates_per_second",
+    ]:
         assert len(logged[tag]) >= 4 and np.isfinite(logged[tag]).all(), tag
     # The temperature moved from its initial 0.1: the alpha update ran.
     assert abs(logged["charts/alpha"][-1] - 0.1) > 1e-3
@@ -82,9 +99,28 @@ def test_resume_without_buffer_refills_before_updating(capsys):
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
-    cmd = [sys.executable, os.path.join(REPO, "bro_mt.py"), "--env-ids", "cartpole-balance", "point_mass-easy",
-           "--critic-width", "32", "--batch-size", "32", "--learning-starts", "50", "--log-interval", "20",
-           "--total-timesteps", "100000", "--buffer-size", "100000", "--eval-interval", "100000", "--save-buffer"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "bro_mt.py"),
+        "--env-ids",
+        "cartpole-balance",
+        "point_mass-easy",
+        "--critic-width",
+        "32",
+        "--batch-size",
+        "32",
+        "--learning-starts",
+        "50",
+        "--log-interval",
+        "20",
+        "--total-timesteps",
+        "100000",
+        "--buffer-size",
+        "100000",
+        "--eval-interval",
+        "100000",
+        "--save-buffer",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     lines = []
     for line in proc.stdout:
@@ -97,9 +133,18 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     assert f"stopped at step {ckpt['global_step']:,}" in stop_line and ckpt["global_step"] >= 100
     assert ckpt["replay_buffer"]["size"] == ckpt["global_step"]
-    resumed = bro_mt.main(bro_mt.Args(env_ids=["cartpole-balance", "point_mass-easy"], critic_width=32, batch_size=32,
-                                      learning_starts=50, buffer_size=100000, eval_episodes=1,
-                                      total_timesteps=ckpt["global_step"] + 10, resume=path))
+    resumed = bro_mt.main(
+        bro_mt.Args(
+            env_ids=["cartpole-balance", "point_mass-easy"],
+            critic_width=32,
+            batch_size=32,
+            learning_starts=50,
+            buffer_size=100000,
+            eval_episodes=1,
+            total_timesteps=ckpt["global_step"] + 10,
+            resume=path,
+        )
+    )
     assert torch.load(resumed, weights_only=True)["global_step"] == ckpt["global_step"] + 10
 
 
@@ -119,14 +164,20 @@ def test_nan_loss_stops_with_the_step_and_saves(monkeypatch):
     assert torch.load(saved[0], weights_only=True)["global_step"] == 61
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(env_ids=["dog-fly"]), "unknown task id.*dog-fly.*DMC_DOGS"),
-    (dict(env_ids=["cartpole-balance", "DMC_TINY"]), "names a task twice"),
-    (dict(model_size="3M", critic_width=None), "unknown --model-size '3M'; choose one of 1M, 4M"),
-    (dict(env_ids=["cartpole-balance"], model_size="1B", critic_width=None, batch_size=1024), "smaller --model-size"),
-    (dict(buffer_size=10**12), r"replay buffer \(2 tasks x 1,000,000,000,000 transitions\) needs .* GiB"),
-    (dict(resume="missing.pt"), "no such file"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(env_ids=["dog-fly"]), "unknown task id.*dog-fly.*DMC_DOGS"),
+        (dict(env_ids=["cartpole-balance", "DMC_TINY"]), "names a task twice"),
+        (dict(model_size="3M", critic_width=None), "unknown --model-size '3M'; choose one of 1M, 4M"),
+        (
+            dict(env_ids=["cartpole-balance"], model_size="1B", critic_width=None, batch_size=1024),
+            "smaller --model-size",
+        ),
+        (dict(buffer_size=10**12), r"replay buffer \(2 tasks x 1,000,000,000,000 transitions\) needs .* GiB"),
+        (dict(resume="missing.pt"), "no such file"),
+    ],
+)
 def test_bad_input_is_refused_with_a_clear_message(overrides, message):
     with pytest.raises(SystemExit, match=message):
         run(total_timesteps=10, **overrides)
@@ -134,7 +185,9 @@ def test_bad_input_is_refused_with_a_clear_message(overrides, message):
 
 def test_corrupt_or_mismatched_checkpoint_is_refused():
     path = run(total_timesteps=60)
-    pattern = r"checkpoint's env_ids is \['cartpole-balance', 'point_mass-easy'\] but this run's is \['cartpole-balance'\]"
+    pattern = (
+        r"checkpoint's env_ids is \['cartpole-balance', 'point_mass-easy'\] but this run's is \['cartpole-balance'\]"
+    )
     with pytest.raises(SystemExit, match=pattern):
         run(env_ids=["cartpole-balance"], resume=path)
     with pytest.raises(SystemExit, match="checkpoint's critic_width is 32 but this run's is 64"):
@@ -151,14 +204,20 @@ def test_corrupt_or_mismatched_checkpoint_is_refused():
 
 
 def test_help_documents_every_flag():
-    out = subprocess.run([sys.executable, os.path.join(REPO, "bro_mt.py"), "--help"], capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bro_mt.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=True,
+    ).stdout
     for f in dataclasses.fields(bro_mt.Args):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out, flag
     assert "deterministic evaluation episodes per task" in out and "1M" in out and "1B" in out
-    bad = subprocess.run([sys.executable, os.path.join(REPO, "bro_mt.py"), "--model-size", "3M"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bro_mt.py"), "--model-size", "3M"], capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "3M" in bad.stderr and "64M" in bad.stderr
 
 
@@ -168,7 +227,9 @@ def test_capture_video_writes_one_mp4_per_task():
     except Exception as error:
         pytest.skip(f"MuJoCo cannot render on this machine: {error}")
     path = run(total_timesteps=60, eval_interval=60, capture_video=True, learning_starts=100, max_episode_steps=20)
-    videos = sorted(os.path.basename(v) for v in glob.glob(os.path.join(os.path.dirname(path), "videos", "step60", "*")))
+    videos = sorted(
+        os.path.basename(v) for v in glob.glob(os.path.join(os.path.dirname(path), "videos", "step60", "*"))
+    )
     assert videos == ["cartpole-balance.mp4", "point_mass-easy.mp4"]
 
 
@@ -183,8 +244,20 @@ def test_learns_cartpole_balance_on_cpu():
     three: it was 701-987 over the five seeds.
     """
     start = time.time()
-    path = run(env_ids=["cartpole-balance"], critic_width=64, batch_size=64, updates_per_step=1, tau=0.05,
-               learning_rate=1e-3, total_timesteps=10_000, learning_starts=500, eval_interval=2000, eval_episodes=2,
-               log_interval=2000, buffer_size=20_000, max_episode_steps=None)
+    path = run(
+        env_ids=["cartpole-balance"],
+        critic_width=64,
+        batch_size=64,
+        updates_per_step=1,
+        tau=0.05,
+        learning_rate=1e-3,
+        total_timesteps=10_000,
+        learning_starts=500,
+        eval_interval=2000,
+        eval_episodes=2,
+        log_interval=2000,
+        buffer_size=20_000,
+        max_episode_steps=None,
+    )
     evals = scalars(os.path.dirname(path))["eval/return/cartpole-balance"]
     assert len(evals) == 5 and max(evals[-3:]) > 600, f"evals {evals} at 2k..10k steps ({time.time() - start:.0f} s)"

@@ -76,8 +76,9 @@ def test_projection_identity_and_exact_shift_float64():
     torch.testing.assert_close(out, eye, atol=1e-9, rtol=0)
     # r = 0, gamma * m = 1, alpha = 0: a random distribution maps to itself
     probs = random_distribution(8, 101, dtype=torch.float64)
-    torch.testing.assert_close(categorical_projection(support.expand(8, 101).clone(), probs, support), probs,
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        categorical_projection(support.expand(8, 101).clone(), probs, support), probs, atol=1e-9, rtol=0
+    )
 
 
 @pytest.mark.parametrize("k", [1, 3, -2])
@@ -236,8 +237,9 @@ def test_critic_single_task_has_no_embedding():
     ids = torch.zeros(4, dtype=torch.long)
     assert critic.embed(ids).shape == (4, 0)
     obs, act = torch.randn(4, 5), torch.randn(4, 2)
-    torch.testing.assert_close(critic(obs, act, ids), reference_critic_logits(critic, obs, act, ids),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        critic(obs, act, ids), reference_critic_logits(critic, obs, act, ids), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_task_embedding_is_unit_norm():
@@ -358,7 +360,7 @@ def test_actor_log_prob_matches_torch_distributions():
     expected = dist.log_prob(y).sum(-1)
     torch.testing.assert_close(log_prob.double(), expected, atol=1e-4, rtol=1e-5)
     # and the textbook formula log N(u) - sum log(1 - tanh(u)^2), in float64
-    textbook = (Normal(mean64, std64).log_prob(u64) - torch.log1p(-torch.tanh(u64) ** 2)).sum(-1)
+    textbook = (Normal(mean64, std64).log_prob(u64) - torch.log1p(-(torch.tanh(u64) ** 2))).sum(-1)
     torch.testing.assert_close(log_prob.double(), textbook, atol=1e-4, rtol=1e-5)
 
 
@@ -371,8 +373,9 @@ def test_actor_log_prob_is_stable_for_saturated_actions():
     _, log_prob, u, mean64, std64, u64 = replay_sample(actor, obs, emb, mask, seed=1)
     assert torch.isfinite(log_prob).all()
     assert (torch.tanh(u).abs() == 1).any()  # the naive log(1 - tanh(u)^2) would be -inf here in float32
-    textbook = (Normal(mean64, std64).log_prob(u64)
-                - (math.log(4) - 2 * u64.abs() - 2 * torch.log1p(torch.exp(-2 * u64.abs())))).sum(-1)
+    textbook = (
+        Normal(mean64, std64).log_prob(u64) - (math.log(4) - 2 * u64.abs() - 2 * torch.log1p(torch.exp(-2 * u64.abs())))
+    ).sum(-1)
     torch.testing.assert_close(log_prob.double(), textbook, atol=1e-3, rtol=1e-5)
 
 
@@ -552,11 +555,13 @@ def code(task, step):
 def fill(rb, steps, start=0, obs_dim=3, action_dim=2):
     for t in range(start, start + steps):
         c = np.array([code(i, t) for i in range(rb.num_tasks)])
-        rb.add(obs=np.repeat(c[:, None], obs_dim, 1) + np.arange(obs_dim) * 0.25,
-               actions=np.repeat(-c[:, None], action_dim, 1),
-               rewards=c + 0.5,
-               next_obs=np.repeat(c[:, None], obs_dim, 1) + 0.125,
-               terminations=(c % 2 == 0).astype(np.float32))
+        rb.add(
+            obs=np.repeat(c[:, None], obs_dim, 1) + np.arange(obs_dim) * 0.25,
+            actions=np.repeat(-c[:, None], action_dim, 1),
+            rewards=c + 0.5,
+            next_obs=np.repeat(c[:, None], obs_dim, 1) + 0.125,
+            terminations=(c % 2 == 0).astype(np.float32),
+        )
 
 
 def test_replay_ring_wrap_around():
@@ -657,9 +662,14 @@ def tiny_setup(seed=0, num_tasks=3, obs_dim=5, action_dim=3, batch=8):
     task_ids = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:batch]
     sizes = torch.tensor([3, 2, 1])
     mask = (torch.arange(action_dim)[None] < sizes[task_ids][:, None]).float()
-    b = Batch(obs=torch.randn(batch, obs_dim), actions=(torch.rand(batch, action_dim) * 2 - 1) * mask,
-              rewards=torch.randn(batch) * 5, next_obs=torch.randn(batch, obs_dim),
-              terminations=torch.tensor([0, 0, 1, 0, 0, 0, 1, 0], dtype=torch.float32)[:batch], task_ids=task_ids)
+    b = Batch(
+        obs=torch.randn(batch, obs_dim),
+        actions=(torch.rand(batch, action_dim) * 2 - 1) * mask,
+        rewards=torch.randn(batch) * 5,
+        next_obs=torch.randn(batch, obs_dim),
+        terminations=torch.tensor([0, 0, 1, 0, 0, 0, 1, 0], dtype=torch.float32)[:batch],
+        task_ids=task_ids,
+    )
     scale = torch.tensor([0.7, 2.0, 1.3])[task_ids]
     support = torch.linspace(-10, 10, 101)
     return critic, target, actor, log_alpha, b, mask, scale, support
@@ -787,7 +797,12 @@ def test_temperature_loss_value_and_gradient_sign():
 def test_resolve_env_ids_expands_suites():
     assert resolve_env_ids(["DMC_TINY"]) == ["cartpole-balance", "point_mass-easy"]
     assert resolve_env_ids(["DMC_DOGS", "cartpole-swingup"]) == [
-        "dog-stand", "dog-walk", "dog-trot", "dog-run", "cartpole-swingup"]
+        "dog-stand",
+        "dog-walk",
+        "dog-trot",
+        "dog-run",
+        "cartpole-swingup",
+    ]
     assert resolve_env_ids(["walker-run"]) == ["walker-run"]
     assert len(resolve_env_ids(["DMC_HARD"])) == 7
 
@@ -803,8 +818,9 @@ def test_resolve_env_ids_unknown(ids):
         assert bad in msg
 
 
-@pytest.mark.parametrize("ids", [["cartpole-balance", "cartpole-balance"], ["DMC_TINY", "point_mass-easy"],
-                                 ["DMC_DOGS", "DMC_HARD"]])
+@pytest.mark.parametrize(
+    "ids", [["cartpole-balance", "cartpole-balance"], ["DMC_TINY", "point_mass-easy"], ["DMC_DOGS", "DMC_HARD"]]
+)
 def test_resolve_env_ids_refuses_duplicates(ids):
     with pytest.raises(SystemExit, match="twice"):
         resolve_env_ids(ids)
