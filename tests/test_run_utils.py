@@ -1,0 +1,366 @@
+"""run_utils.py, the run plumbing both scripts share: run folders, the progress line and interval metrics, the NaN
+guard, Ctrl-C / SIGTERM, checkpoints, where the replay buffer lives, flag checks and the fast-path switch. Fast: no
+environments and no networks beyond a Linear layer."""
+
+import copy
+import math
+import os
+import signal
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import run_utils
+
+CPU = torch.device("cpu")
+SUMMARY = "a {losses/a:.1f} b {charts/b:.1f} c {charts/c:.1f}"
+
+
+@dataclass
+class Args:
+    """The fields Run reads (a dataclass, as the scripts' Args: checkpoint_state saves asdict(args))."""
+
+    exp_name: str = "test"
+    seed: int = 1
+    total_timesteps: int = 36_100
+    track: bool = False
+
+
+class Clock:
+    """Stands in for time.time() inside run_utils only, so that steps/s and the ETA are exact."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ is created in the working directory
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(run_utils, "time", types.SimpleNamespace(time=clock))
+    return clock
+
+
+@pytest.fixture
+def signals():
+    """Installs recording SIGINT / SIGTERM handlers for the test, so that a Run that failed to install its own makes
+    the test fail instead of interrupting (or terminating) pytest; yields the signals they received."""
+    received = []
+
+    def record(signum, frame):
+        received.append(signum)
+
+    saved = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
+    record.received = received
+    try:
+        yield record
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    """A signal sent to this process runs its Python handler in the main thread at the next check: wait for that."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def scalars(run_dir: str) -> dict:
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+# ---- Run folders ----
+def test_new_run_dir_never_reuses_a_folder():
+    first, second = run_utils.new_run_dir("name"), run_utils.new_run_dir("name")
+    assert (first, second) == ("name", "name+")
+    assert os.path.isdir(os.path.join("runs", first)) and os.path.isdir(os.path.join("runs", second))
+
+
+def test_new_run_dir_gives_racing_runs_a_folder_each():
+    """Eight threads ask for the same name at once, ten times over (a check-then-create race shows up in most)."""
+    for attempt in range(10):
+        start = threading.Barrier(8, timeout=10)
+
+        def create(_) -> str:
+            start.wait()  # all eight call new_run_dir at once
+            return run_utils.new_run_dir(f"same{attempt}")
+
+        with ThreadPoolExecutor(8) as pool:
+            names = list(pool.map(create, range(8)))  # re-raises a thread's exception
+        assert sorted(names) == [f"same{attempt}" + "+" * i for i in range(8)]
+    assert len(os.listdir("runs")) == 80
+
+
+# ---- The run: progress line, interval metrics, NaN guard, signals ----
+def test_progress_prints_and_logs_the_interval_means(clock, signals, capsys):
+    with run_utils.Run(Args(), "label", ["losses/a", "charts/b"], CPU) as run:
+        assert run.name == "label__test__1__1000" and os.path.isdir(run.dir)
+        run.add_metrics(torch.tensor([1.0, 10.0]))
+        run.add_metrics(torch.tensor([3.0, 30.0]))
+        clock.now += 10  # 100 steps in 10 s: 10 steps/s, and 36,000 steps to go take an hour
+        run.progress(100, {"charts/c": 5.0}, SUMMARY)
+        first = capsys.readouterr().out
+        clock.now += 10
+        run.progress(200, {"charts/c": 6.0}, SUMMARY)  # no update in this interval: no summary
+        second = capsys.readouterr().out
+    assert first.startswith("step 100/36,100 | 10.0 steps/s | ETA 1h00m | "), first
+    assert first.rstrip().endswith("a 2.0 b 20.0 c 5.0"), first
+    assert second.startswith("step 200/36,100 | 10.0 steps/s | ETA 0h59m"), second
+    assert second.count("|") == 2 and "a 2.0" not in second and "c 6.0" not in second, second
+    assert signal.getsignal(signal.SIGINT) is signals and signal.getsignal(signal.SIGTERM) is signals
+
+    logged = scalars(run.dir)  # readable once __exit__ closed the writer
+    assert logged["losses/a"] == [(100, 2.0)] and logged["charts/b"] == [(100, 20.0)]
+    assert logged["charts/c"] == [(100, 5.0)]
+    assert logged["charts/SPS"] == [(100, 10.0), (200, 10.0)]
+    assert [step for step, _ in logged["charts/updates_per_second"]] == [100, 200]
+    assert [value for _, value in logged["charts/updates_per_second"]] == pytest.approx([0.2, 0.0])
+
+
+def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
+    with run_utils.Run(Args(), "label", ["losses/a", "charts/b"], CPU) as run:
+        run.add_metrics(torch.tensor([1.0, 2.0]))
+        run.check_finite(6, lambda: pytest.fail("saved a checkpoint although every loss was finite"))
+        run.add_metrics(torch.tensor([math.nan, 1.0]))
+        with pytest.raises(SystemExit, match="non-finite loss at step 7") as stop:
+            run.check_finite(7, lambda: {"x": torch.zeros(1)})
+    path = os.path.join("runs", run.name, "nan_step7.pt")
+    assert path in str(stop.value)
+    assert [f for f in os.listdir(run.dir) if "tfevents" not in f] == ["nan_step7.pt"]  # none for step 6
+    assert torch.load(path, weights_only=True).keys() == {"x"}
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.zeros(1))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_asks_to_stop_and_a_second_quits(signum, signals, capsys):
+    with run_utils.Run(Args(), "label", ["losses/a"], CPU) as run:
+        assert not run.stop_requested
+        os.kill(os.getpid(), signum)  # first Ctrl-C (or SIGTERM): finish the step, save, stop
+        assert wait_until(lambda: run.stop_requested), "the Run did not handle the signal"
+        assert "stopping after this step" in capsys.readouterr().out
+        path = run.finish(5, lambda: {"global_step": 5})
+        assert (
+            f"stopped at step 5; checkpoint saved to {path} (continue with --resume {path})" in capsys.readouterr().out
+        )
+        assert torch.load(path, weights_only=True) == {"global_step": 5}
+        with pytest.raises(KeyboardInterrupt):  # second: quit at once
+            os.kill(os.getpid(), signum)
+            wait_until(lambda: False, seconds=5)
+    assert signals.received == []  # the Run's handlers took both signals...
+    assert signal.getsignal(signal.SIGINT) is signals and signal.getsignal(signal.SIGTERM) is signals  # ...till exit
+
+
+# ---- Checkpoints ----
+def test_save_checkpoint_replaces_the_file_atomically(monkeypatch):
+    path = os.path.join("runs", "r", "checkpoint.pt")
+    run_utils.save_checkpoint(path, {"step": 1})  # creates the folder
+    run_utils.save_checkpoint(path, {"step": 2})
+    assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"]  # no .tmp left behind
+    assert torch.load(path, weights_only=True) == {"step": 2}
+
+    def crash_while_writing(obj, file):
+        with open(file, "wb") as f:
+            f.write(b"half a checkp")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_while_writing)
+    with pytest.raises(OSError, match="disk full"):
+        run_utils.save_checkpoint(path, {"step": 3})
+    assert torch.load(path, weights_only=True) == {"step": 2}  # the previous checkpoint is intact
+
+
+def test_load_checkpoint_says_what_is_wrong():
+    keys = {"config", "global_step"}
+    with pytest.raises(SystemExit, match=r"^--resume missing\.pt: no such file$"):
+        run_utils.load_checkpoint("missing.pt", "bro_mt", keys)
+
+    with open("garbage.pt", "wb") as f:
+        f.write(b"\x00 not a checkpoint \xff" * 10)
+    with pytest.raises(SystemExit, match="--init-from garbage.pt: not a readable bro_mt checkpoint") as error:
+        run_utils.load_checkpoint("garbage.pt", "bro_mt", keys, flag="--init-from")
+    assert "truncated or corrupt" in str(error.value)
+
+    torch.save({"config": {}, "global_step": 3, "weights": torch.zeros(1000)}, "full.pt")
+    with open("full.pt", "rb") as f:
+        half = f.read()[: os.path.getsize("full.pt") // 2]
+    with open("truncated.pt", "wb") as f:
+        f.write(half)
+    with pytest.raises(SystemExit, match="truncated or corrupt"):
+        run_utils.load_checkpoint("truncated.pt", "bro_mt", keys)
+
+    torch.save({"config": {}}, "partial.pt")
+    with pytest.raises(SystemExit, match=r"partial\.pt: not a bro_atari checkpoint \(missing \['global_step'\]\)"):
+        run_utils.load_checkpoint("partial.pt", "bro_atari", keys)
+    torch.save(torch.zeros(2), "tensor.pt")  # not even a dict
+    with pytest.raises(SystemExit, match=r"missing \['config', 'global_step'\]"):
+        run_utils.load_checkpoint("tensor.pt", "bro_mt", keys)
+
+    assert run_utils.load_checkpoint("full.pt", "bro_mt", keys)["global_step"] == 3
+
+
+def test_check_config_refuses_another_runs_checkpoint():
+    saved = {"env_ids": ["a", "b"], "critic_width": 32}
+    run_utils.check_config("c.pt", saved, dict(saved))
+    run_utils.check_config("c.pt", saved, {"critic_width": 32})  # only this run's keys are compared
+    with pytest.raises(SystemExit, match=r"c\.pt: the checkpoint's critic_width is 32 but this run's is 64"):
+        run_utils.check_config("c.pt", saved, {"env_ids": ["a", "b"], "critic_width": 64})
+    with pytest.raises(SystemExit, match=r"env_ids is \['a', 'b'\] but this run's is \['a'\]"):
+        run_utils.check_config("c.pt", saved, {"env_ids": ["a"], "critic_width": 32})
+    with pytest.raises(SystemExit, match="the checkpoint's bf16 is None but this run's is True"):
+        run_utils.check_config("c.pt", saved, {"bf16": True})
+
+
+def test_checkpoint_state_and_restore_state_continue_exactly():
+    with torch.random.fork_rng(devices=[]):  # restore_state sets the global torch RNG: keep other tests' as it was
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+
+        def train_step():
+            optimizer.zero_grad()
+            model(torch.randn(4, 3)).square().sum().backward()
+            optimizer.step()
+
+        train_step()
+        log_alpha = torch.tensor(0.5, requires_grad=True)
+        rng = np.random.default_rng(1)
+        rng.random(5)
+        run = types.SimpleNamespace(name="r", args=Args())
+        stateful = {"model": model, "optimizer": optimizer, "log_alpha": log_alpha}
+        state = run_utils.checkpoint_state(run, {"w": 3}, 42, stateful, rng, CPU, obs=np.arange(3.0), note="x")
+        run_utils.save_checkpoint("c.pt", state)
+        saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+        next_torch, next_numpy = torch.rand(3), rng.random()
+
+        train_step()  # the run goes on after saving: none of it may leak into the checkpoint
+        with torch.no_grad():
+            log_alpha.add_(1.0)
+        assert state["log_alpha"].item() == 0.5 and not state["log_alpha"].requires_grad  # a copy, not the tensor
+
+        keys = {"version", "run_name", "config", "args", "global_step", "rng", "model", "optimizer", "log_alpha", "obs"}
+        ckpt = run_utils.load_checkpoint("c.pt", "test", keys)  # weights_only=True: only plain types were saved
+        assert (ckpt["run_name"], ckpt["config"], ckpt["global_step"]) == ("r", {"w": 3}, 42)
+        assert ckpt["args"] == asdict(Args()) and ckpt["note"] == "x"
+        assert torch.equal(ckpt["obs"], torch.arange(3.0, dtype=torch.float64))  # numpy arrays become tensors
+
+        torch.manual_seed(123)
+        fresh_model = nn.Linear(3, 2)
+        fresh_optimizer = torch.optim.Adam(fresh_model.parameters(), lr=0.1)
+        fresh_log_alpha = torch.tensor(0.0, requires_grad=True)
+        fresh_rng = np.random.default_rng(99)
+        fresh = {"model": fresh_model, "optimizer": fresh_optimizer, "log_alpha": fresh_log_alpha}
+        run_utils.restore_state(ckpt, fresh, fresh_rng, CPU)
+
+        for name, value in saved_model.items():
+            assert torch.equal(fresh_model.state_dict()[name], value), name
+        restored = fresh_optimizer.state_dict()
+        assert restored["param_groups"] == saved_optimizer["param_groups"]
+        for i, moments in saved_optimizer["state"].items():
+            for name, value in moments.items():
+                assert torch.equal(restored["state"][i][name], value), (i, name)
+        assert fresh_log_alpha.item() == 0.5 and fresh_log_alpha.requires_grad  # in place: optimisers still hold it
+        assert torch.equal(torch.rand(3), next_torch)
+        assert fresh_rng.random() == next_numpy
+
+
+# ---- Where the replay buffer lives ----
+SMALLER = "--model-size or --batch-size"
+REPLAY = "(2 tasks x 1,000 transitions)"
+
+
+def test_place_replay_buffer(monkeypatch):
+    free = {"cpu": 1000, "cuda": 1000}
+    monkeypatch.setattr(run_utils, "available_memory", lambda device: free[device.type])
+    cuda = torch.device("cuda")  # only a name here: available_memory is faked
+
+    def place(device, model_bytes, buffer_bytes):
+        return run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, SMALLER, REPLAY)
+
+    assert place(CPU, 300, 700) == CPU  # fits next to the model
+    with pytest.raises(SystemExit, match=r"replay buffer \(2 tasks x 1,000 transitions\) needs .*lower --buffer-size"):
+        place(CPU, 300, 701)  # on a CPU there is nowhere else to go
+    with pytest.raises(SystemExit, match=f"the networks need .* but cpu has .* free; pick a smaller {SMALLER}$"):
+        place(CPU, 1001, 0)
+
+    assert place(cuda, 300, 700) == cuda
+    free["cpu"] = 701
+    assert place(cuda, 300, 701) == CPU  # not next to the model on the GPU: in RAM
+    with pytest.raises(SystemExit, match="lower --buffer-size"):
+        place(cuda, 300, 702)  # neither on the GPU nor in RAM
+    with pytest.raises(SystemExit, match=f"pick a smaller {SMALLER}"):
+        place(cuda, 1001, 0)
+
+
+# ---- Flags and fast paths ----
+def test_require_positive_names_every_bad_flag():
+    args = types.SimpleNamespace(batch_size=0, learning_starts=-1, total_timesteps=10)
+    with pytest.raises(SystemExit) as error:
+        run_utils.require_positive(args, "batch_size", "learning_starts", "total_timesteps", critic_width=0)
+    assert str(error.value) == "--batch-size 0, --learning-starts -1, --critic-width 0: must be at least 1"
+    assert run_utils.require_positive(args, "total_timesteps", critic_width=1) is None
+
+
+def test_fast_update_wraps_only_when_asked(monkeypatch):
+    def update_step(batch):
+        return batch
+
+    assert run_utils.fast_update(update_step, compile=False, cudagraphs=False) is update_step
+    graphed = run_utils.fast_update(update_step, compile=False, cudagraphs=True)  # records nothing until called
+    assert isinstance(graphed, run_utils.CUDAGraphUpdate) and graphed.update_step is update_step
+
+    # --compile, without paying for torch.compile here (tests/test_mt_fast.py compiles for real)
+    inductor = types.SimpleNamespace(config=types.SimpleNamespace(fallback_random=False))
+    monkeypatch.setattr(torch, "_inductor", inductor, raising=False)
+    monkeypatch.setattr(torch, "compile", lambda fn: ("compiled", fn))
+    assert run_utils.fast_update(update_step, compile=True, cudagraphs=False) == ("compiled", update_step)
+    assert inductor.config.fallback_random  # compiled updates draw eager's random numbers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_update_matches_eager():
+    """Three warm-up updates, the recording, then replays: the same losses and weights as plain updates."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 4, device=device), torch.randn(8, 1, device=device)) for _ in range(7)]
+
+    def learner():
+        torch.manual_seed(1)
+        model = nn.Linear(4, 1).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01, capturable=True)
+
+        def update_step(batch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = (model(batch[0]) - batch[1]).square().mean()
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        return model, update_step
+
+    eager_model, eager_step = learner()
+    graph_model, graph_step = learner()
+    graphed = run_utils.CUDAGraphUpdate(graph_step)
+    for batch in batches:
+        torch.testing.assert_close(graphed(batch), eager_step(batch))
+    assert graphed.graph is not None
+    for eager, graph in zip(eager_model.parameters(), graph_model.parameters()):
+        torch.testing.assert_close(graph, eager)
