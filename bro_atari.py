@@ -41,7 +41,6 @@ What is not BRC (checkpoints, run folders, logging, signals, memory checks, --co
 set-up, vector envs) lives in run_utils.py; you never need to read it to learn the method.
 """
 
-import contextlib
 import difflib
 import math
 import os
@@ -800,7 +799,10 @@ def check_args(args: Args):
 def main(args: Args, make_env: Optional[Callable] = None):
     """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
     object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
-    # -- Set-up: games, sizes, device --
+    # -- Set-up: flags (a resumed run takes its own from the checkpoint), games, sizes, device --
+    ckpt = None
+    if args.resume:
+        args, ckpt = run_utils.load_for_resume(args, "bro_atari", CHECKPOINT_KEYS)
     check_args(args)
     env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
     width = args.critic_width or MODEL_SIZES[args.model_size]
@@ -808,6 +810,10 @@ def main(args: Args, make_env: Optional[Callable] = None):
     batch_size = args.batch_size or (256 if num_games > 1 else 64)
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
+    config = {"env_ids": env_ids, "critic_width": width, "encoder_width": args.encoder_width}
+    config |= {"num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
+    if ckpt:
+        run_utils.check_config(args.resume, ckpt["config"], config)
 
     # -- Environments: one per game; several games share ALE's full 18-action set --
     if make_env is None:
@@ -820,10 +826,8 @@ def main(args: Args, make_env: Optional[Callable] = None):
     num_actions = eval_envs[0].num_actions
     if any(env.num_actions != num_actions for env in eval_envs):
         raise SystemExit(f"games with different action counts {[env.num_actions for env in eval_envs]}")
-    config = {"env_ids": env_ids, "critic_width": width, "encoder_width": args.encoder_width}
-    config |= {"num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
 
-    # -- Memory: refuse up front what cannot fit --
+    # -- Memory and time: refuse up front what cannot fit, warn about what will crawl --
     counts = model_parameter_counts(
         num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim
     )
@@ -841,68 +845,76 @@ def main(args: Args, make_env: Optional[Callable] = None):
         f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
         f"{counts['head']:,}, game embedding {counts['game_embedding']:,})"
     )
-    print(f"device {device}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
-    env_fns = [partial(GameEnv, make_env, game, args.seed + i) for i, game in enumerate(env_ids)]
-    envs = run_utils.make_vector_env(env_fns, args.async_envs)
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    print(
+        f"device {device}{threads}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}"
+    )
+    encoder_macs = 53e6 * (args.encoder_width / 16) ** 2  # one sample's convolutions (53M at Impala's width 16)
+    update_gflop = 10 * batch_size * (encoder_macs + counts["head"]) / 1e9  # ~5 forward passes, 2 FLOP/MAC
+    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --model-size 1M --batch-size 32")
 
-    # -- Networks and optimiser --
-    support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-    net_args = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim, args.bf16)
-    q_network, target_network = QNetwork(*net_args).to(device), QNetwork(*net_args).to(device)
-    target_network.load_state_dict(q_network.state_dict())
-    target_network.requires_grad_(False)
-    # capturable: a CUDA graph needs the optimiser's step count on the GPU
-    adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
-    optimizer = torch.optim.AdamW(q_network.parameters(), **adamw)
-    rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
-    normalizer = RewardNormalizer(num_games, args.gamma)
+    label = env_ids[0] if num_games == 1 else f"{num_games}games"
+    with run_utils.Run("bro_atari.py", args, label, METRICS, device, resume=ckpt) as run:  # see run_utils.py
+        env_fns = [partial(GameEnv, make_env, game, args.seed + i) for i, game in enumerate(env_ids)]
+        envs = run.close_on_exit(run_utils.make_vector_env(env_fns, args.async_envs))
 
-    # -- Run folder, logging and (with --resume) the saved state: see run_utils.py --
-    first_frames, _ = envs.reset()  # [games, 84, 84]
-    obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)  # [games, 4, 84, 84]: the first stack repeats the frame
-    first = np.ones(num_games, bool)  # does obs[i] begin an episode?
-    episode_returns = np.zeros(num_games)
-    global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
-    stateful = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
-    stateful |= {"normalizer": normalizer}
-    ckpt = None
-    if args.resume:
-        ckpt = run_utils.resume(args.resume, "bro_atari", CHECKPOINT_KEYS, config, stateful, rng, device, envs)
-        global_step, obs, first = ckpt["global_step"], ckpt["obs"].numpy(), ckpt["first"].numpy()
-        episode_returns = ckpt["episode_returns"].numpy()
-        first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
-        if ckpt["replay_buffer"] is None:
-            first[:] = True  # the stored stacks must not reach into the lost buffer
-    run = run_utils.Run(args, env_ids[0] if num_games == 1 else f"{num_games}games", METRICS, device, resume=ckpt)
+        # -- Networks and optimiser --
+        with run_utils.announce("initialising the networks"):
+            net_args = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim, args.bf16)
+            q_network, target_network = QNetwork(*net_args).to(device), QNetwork(*net_args).to(device)
+        target_network.load_state_dict(q_network.state_dict())
+        target_network.requires_grad_(False)
+        # capturable: a CUDA graph needs the optimiser's step count on the GPU
+        adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
+        optimizer = torch.optim.AdamW(q_network.parameters(), **adamw)
+        support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
+        rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
+        normalizer = RewardNormalizer(num_games, args.gamma)
 
-    def checkpoint() -> dict:
-        buffer = rb.state_dict() if args.save_buffer else None
-        return run_utils.checkpoint_state(
-            run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
-            first=first, episode_returns=episode_returns, replay_buffer=buffer,
-        )  # fmt: skip
+        # -- The state a checkpoint holds, restored with --resume --
+        first_frames, _ = envs.reset()  # [games, 84, 84]
+        obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)  # [games, 4, 84, 84]: the first stack repeats it
+        first = np.ones(num_games, bool)  # does obs[i] begin an episode?
+        episode_returns = np.zeros(num_games)
+        global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
+        stateful = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
+        stateful |= {"normalizer": normalizer}
+        if ckpt:
+            run_utils.restore_state(ckpt, stateful, rng, device, envs)
+            global_step, obs, first = ckpt["global_step"], ckpt["obs"].numpy(), ckpt["first"].numpy()
+            episode_returns = ckpt["episode_returns"].numpy()
+            first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
+            if ckpt["replay_buffer"] is None:
+                first[:] = True  # the stored stacks must not reach into the lost buffer
 
-    # Each game's reward divisor (G_bar / 10), refreshed in place by learn(); sampling applies it, outside the update.
-    scale = torch.ones(num_games, device=device)
-    scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
-    polyak_tau = 0.0 if args.target_network_frequency else args.tau
+        def checkpoint() -> dict:
+            buffer = rb.state_dict() if args.save_buffer else None
+            return run_utils.checkpoint_state(
+                run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
+                first=first, episode_returns=episode_returns, replay_buffer=buffer,
+            )  # fmt: skip
 
-    def update_step(batch: Batch) -> torch.Tensor:
-        return update(batch, q_network, target_network, optimizer, support, polyak_tau)
+        # Each game's reward divisor (G_bar / 10), refreshed in place by learn(); sampling applies it, outside the update.
+        scale = torch.ones(num_games, device=device)
+        scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+        polyak_tau = 0.0 if args.target_network_frequency else args.tau
 
-    update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
+        def update_step(batch: Batch) -> torch.Tensor:
+            return update(batch, q_network, target_network, optimizer, support, polyak_tau)
 
-    def learn():
-        """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-        nonlocal scale_stale
-        if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
-            scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
-            scale_stale = False
-        for _ in range(args.updates_per_step):
-            batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
-            run.add_metrics(update_step(batch))
+        update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
-    with run, contextlib.closing(envs):
+        def learn():
+            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+            nonlocal scale_stale
+            if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
+                scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
+                scale_stale = False
+            for _ in range(args.updates_per_step):
+                batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
+                run.add_metrics(update_step(batch))
+
+        run.start()
         while global_step < args.total_timesteps and not run.stop_requested:
             # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
             epsilon = epsilon_schedule(global_step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end)
@@ -942,10 +954,10 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
             # -- store: entry t of each game, then the final frame of each truncated episode --
             rb.add(frames, actions, rewards, terminal, first)
-            truncated_games = np.flatnonzero(truncations & ~terminations)
-            if len(truncated_games):
-                zeros, final_frames = np.zeros(len(truncated_games)), np.stack(infos["final_obs"][truncated_games])
-                rb.add(final_frames, zeros, zeros, zeros, zeros, np.ones(len(truncated_games)), truncated_games)
+            truncated = np.flatnonzero(truncations & ~terminations)
+            if len(truncated):
+                zeros, final_frames = np.zeros(len(truncated)), np.stack(infos["final_obs"][truncated])
+                rb.add(final_frames, zeros, zeros, zeros, zeros, np.ones(len(truncated)), truncated)
             first = ended
             global_step += 1
 
@@ -964,17 +976,19 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 scores = evaluate(
                     q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, seed, video_dir
                 )
-                hns, summary = score_summary(dict(zip(env_ids, scores)))
+                scores = dict(zip(env_ids, scores))
+                hns, summary = score_summary(scores)
                 run.log({f"eval/human_normalized/{game}": value for game, value in hns.items()}, global_step)
-                notes = {game: f" ({value:.2f})" for game, value in hns.items()}
-                run.log_evaluation(global_step, dict(zip(env_ids, scores)), summary, notes)
-            if global_step % args.log_interval == 0:
+                run.log_evaluation(
+                    global_step, scores, summary, {game: f" ({value:.2f})" for game, value in hns.items()}
+                )
+            if run.progress_due(global_step):
                 scalars = {"charts/epsilon": epsilon}
                 if not args.clip_rewards:
                     scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(env_ids, scale.tolist())}
                 run.progress(global_step, scalars, PROGRESS)
             if args.save_every and global_step % args.save_every == 0:
-                run_utils.save_checkpoint(run.checkpoint_path, checkpoint())
+                run.save(global_step, checkpoint)
         return run.finish(global_step, checkpoint)
 
 

@@ -23,7 +23,6 @@ What is not BRC (checkpoints, run folders, logging, signals, memory checks, --co
 envs) lives in run_utils.py; you never need to read it to learn the method.
 """
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -747,7 +746,10 @@ def check_args(args: Args):
 
 
 def main(args: Args):
-    # -- Set-up: tasks, sizes, device --
+    # -- Set-up: flags (a resumed run takes its own from the checkpoint), tasks, sizes, device --
+    ckpt = None
+    if args.resume:
+        args, ckpt = run_utils.load_for_resume(args, "bro_mt", CHECKPOINT_KEYS)
     check_args(args)
     env_ids = resolve_env_ids(args.env_ids)
     width = args.critic_width or MODEL_SIZES[args.model_size]
@@ -771,9 +773,11 @@ def main(args: Args):
     if args.init_from:  # pad the new tasks to the pretrained networks' sizes
         source, obs_dim, action_dim = load_pretrained(args.init_from, config)
         config |= {"obs_dim": obs_dim, "action_dim": action_dim}
+    if ckpt:
+        run_utils.check_config(args.resume, ckpt["config"], config)
     action_masks, target_entropy = action_masks_and_target_entropy(action_sizes, action_dim, device)
 
-    # -- Memory: refuse up front what cannot fit --
+    # -- Memory and time: refuse up front what cannot fit, warn about what will crawl --
     counts = model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, conditioning)
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
@@ -788,79 +792,96 @@ def main(args: Args):
         f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
         f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}"
     )
-    print(f"device {device}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}")
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    print(
+        f"device {device}{threads}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}"
+    )
+    update_gflop = 13 * ENSEMBLE_SIZE * batch_size * counts["critic_member"] / 1e9  # ~6.5 forward passes, 2 FLOP/MAC
+    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --critic-width 128 --batch-size 128")
     if args.capture_video:
         run_utils.check_rendering(eval_envs[0].render)
-    env_fns = [
-        partial(DMCEnv, t, args.seed + i, args.max_episode_steps, (obs_dim, action_dim)) for i, t in enumerate(env_ids)
-    ]
-    envs = run_utils.make_vector_env(env_fns, args.async_envs)
 
-    # -- Networks and optimisers --
-    support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-    nets = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, args.bf16)
-    critic, target_critic = make_critic(conditioning, *nets).to(device), make_critic(conditioning, *nets).to(device)
-    actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
-    if source:
-        transfer(source, critic, actor)
-        critic.trunk.requires_grad_(not args.freeze_trunk)
-    target_critic.load_state_dict(critic.state_dict())
-    target_critic.requires_grad_(False)
-    log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-    adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
-    actor_optimizer = torch.optim.AdamW(actor.parameters(), **adamw)
-    critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], **adamw)
-    # capturable: a CUDA graph needs the optimisers' step counts on the GPU
-    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), capturable=args.cudagraphs)
-    optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
-    rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
-    normalizer = RewardNormalizer(num_tasks, args.gamma)
+    label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
+    with run_utils.Run("bro_mt.py", args, label, METRICS, device, resume=ckpt) as run:  # see run_utils.py
+        env_fns = [
+            partial(DMCEnv, t, args.seed + i, args.max_episode_steps, (obs_dim, action_dim))
+            for i, t in enumerate(env_ids)
+        ]
+        envs = run.close_on_exit(run_utils.make_vector_env(env_fns, args.async_envs))
 
-    # -- Run folder, logging and (with --resume) the saved state: see run_utils.py --
-    obs, _ = envs.reset()  # [tasks, obs_dim]
-    episode_returns = np.zeros(num_tasks)
-    global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
-    stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha}
-    stateful |= {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer}
-    stateful |= {"alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
-    ckpt = None
-    if args.resume:
-        ckpt = run_utils.resume(args.resume, "bro_mt", CHECKPOINT_KEYS, config, stateful, rng, device, envs)
-        global_step, obs, episode_returns = ckpt["global_step"], ckpt["obs"].numpy(), ckpt["episode_returns"].numpy()
-        first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
-    run = run_utils.Run(args, env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks", METRICS, device, resume=ckpt)
+        # -- Networks and optimisers --
+        with run_utils.announce("initialising the networks"):
+            nets = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, args.bf16)
+            critic, target_critic = (
+                make_critic(conditioning, *nets).to(device),
+                make_critic(conditioning, *nets).to(device),
+            )
+            actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
+        if source:
+            transfer(source, critic, actor)
+            critic.trunk.requires_grad_(not args.freeze_trunk)
+        target_critic.load_state_dict(critic.state_dict())
+        target_critic.requires_grad_(False)
+        log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
+        adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
+        actor_optimizer = torch.optim.AdamW(actor.parameters(), **adamw)
+        critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], **adamw)
+        # capturable: a CUDA graph needs the optimisers' step counts on the GPU
+        alpha_optimizer = torch.optim.Adam(
+            [log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), capturable=args.cudagraphs
+        )
+        optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
+        support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
+        rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
+        normalizer = RewardNormalizer(num_tasks, args.gamma)
 
-    def checkpoint() -> dict:
-        buffer = rb.state_dict() if args.save_buffer else None
-        return run_utils.checkpoint_state(
-            run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
-            episode_returns=episode_returns, replay_buffer=buffer,
-        )  # fmt: skip
+        # -- The state a checkpoint holds, restored with --resume --
+        obs, _ = envs.reset()  # [tasks, obs_dim]
+        episode_returns = np.zeros(num_tasks)
+        global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
+        stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha}
+        stateful |= {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer}
+        stateful |= {"alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
+        if ckpt:
+            run_utils.restore_state(ckpt, stateful, rng, device, envs)
+            global_step, obs, episode_returns = (
+                ckpt["global_step"],
+                ckpt["obs"].numpy(),
+                ckpt["episode_returns"].numpy(),
+            )
+            first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
 
-    # The reward scale is changed in place (a CUDA graph reads it from a fixed address); None: --no-reward-norm.
-    max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
-    scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
-    loss_fn = critic_loss if args.critic_loss == "categorical" else mse_critic_loss
+        def checkpoint() -> dict:
+            buffer = rb.state_dict() if args.save_buffer else None
+            return run_utils.checkpoint_state(
+                run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
+                episode_returns=episode_returns, replay_buffer=buffer,
+            )  # fmt: skip
 
-    def update_step(batch: Batch) -> torch.Tensor:
-        return update(
-            batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, max_abs_return,
-            support, args.gamma, args.tau, loss_fn,
-        )  # fmt: skip
+        # The reward scale is changed in place (a CUDA graph reads it from a fixed address); None: --no-reward-norm.
+        max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
+        scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+        loss_fn = critic_loss if args.critic_loss == "categorical" else mse_critic_loss
 
-    update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
+        def update_step(batch: Batch) -> torch.Tensor:
+            return update(
+                batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy,
+                max_abs_return, support, args.gamma, args.tau, loss_fn,
+            )  # fmt: skip
 
-    def learn():
-        """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-        nonlocal scale_stale
-        if args.reward_norm and (scale_stale or normalizer.needs_fallback()):
-            max_abs_return.copy_(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32))
-            scale_stale = False
-        for _ in range(args.updates_per_step):
-            run.add_metrics(update_step(rb.sample(batch_size, device)))
+        update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
-    task_ids, random_action_mask = torch.arange(num_tasks, device=device), action_masks.cpu().numpy()
-    with run, contextlib.closing(envs):
+        def learn():
+            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+            nonlocal scale_stale
+            if args.reward_norm and (scale_stale or normalizer.needs_fallback()):
+                max_abs_return.copy_(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32))
+                scale_stale = False
+            for _ in range(args.updates_per_step):
+                run.add_metrics(update_step(rb.sample(batch_size, device)))
+
+        task_ids, random_action_mask = torch.arange(num_tasks, device=device), action_masks.cpu().numpy()
+        run.start()
         while global_step < args.total_timesteps and not run.stop_requested:
             # -- act --
             if global_step < args.learning_starts:
@@ -908,7 +929,7 @@ def main(args: Args):
                     actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, seed, video_dir
                 )
                 run.log_evaluation(global_step, dict(zip(env_ids, returns)), {"mean_return": returns.mean()})
-            if global_step % args.log_interval == 0:
+            if run.progress_due(global_step):
                 alpha = log_alpha.exp().item()
                 scalars = {"charts/alpha": alpha}
                 if args.reward_norm:
@@ -916,7 +937,7 @@ def main(args: Args):
                     scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, scales)}
                 run.progress(global_step, scalars, PROGRESS)
             if args.save_every and global_step % args.save_every == 0:
-                run_utils.save_checkpoint(run.checkpoint_path, checkpoint())
+                run.save(global_step, checkpoint)
         return run.finish(global_step, checkpoint)
 
 

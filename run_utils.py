@@ -10,7 +10,10 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
   Fast paths ............... --compile (torch.compile) and --cudagraphs (record once, replay) around an update
 """
 
+import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import time
 from dataclasses import asdict
@@ -72,10 +75,11 @@ def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: st
         )
     if buffer_bytes <= free - model_bytes:
         return device
-    ram = available_memory(torch.device("cpu"))
+    ram = free - model_bytes if device.type == "cpu" else available_memory(torch.device("cpu"))
     if device.type == "cpu" or buffer_bytes > ram:
         raise SystemExit(
-            f"the replay buffer {replay} needs {gib(buffer_bytes)} but only {gib(ram)} of RAM is available; lower --buffer-size"
+            f"the replay buffer {replay} needs {gib(buffer_bytes)} but only {gib(ram)} of RAM is left (next to the "
+            "networks on a CPU); lower --buffer-size"
         )
     return torch.device("cpu")
 
@@ -85,15 +89,34 @@ def make_vector_env(env_fns: list[Callable], async_envs: bool) -> gym.vector.Vec
     """One env per task, in this process or (--async-envs) each in a worker process.
 
     An episode that ends is reset within the step; its true final observation and info come back in
-    infos["final_obs"] / infos["final_info"]. Workers inherit ignored Ctrl-C and SIGTERM (a terminal sends Ctrl-C to
-    them too): the main process finishes its step, saves a checkpoint and then closes them."""
+    infos["final_obs"] / infos["final_info"]. Workers inherit ignored Ctrl-C, SIGTERM and SIGHUP (a terminal sends them to
+    the workers too): the main process finishes its step, saves a checkpoint and then closes them."""
     vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
+
+
+def warn_if_slow(device, gflop_per_step: float, hint: str):
+    """Say up front when a CPU will crawl through these settings (one core reaches ~50-80 GFLOP/s in fp32 matmuls)."""
+    if device.type == "cpu" and gflop_per_step > 5:
+        steps_per_second = 60 * torch.get_num_threads() / gflop_per_step
+        print(
+            f"warning: each environment step costs ~{gflop_per_step:,.0f} GFLOP of updates, so this CPU will run at "
+            f"most ~{steps_per_second:.2g} steps/s. These settings are meant for a GPU; on a CPU {hint}."
+        )
+
+
+@contextlib.contextmanager
+def announce(what: str):
+    """Print `what ...` before a long step and how long it took after it (a 64M critic takes minutes on a CPU)."""
+    print(f"{what} ...", flush=True)
+    start = time.time()
+    yield
+    print(f"{what}: done in {time.time() - start:.1f} s", flush=True)
 
 
 def check_rendering(render: Callable):
@@ -130,14 +153,18 @@ def new_run_dir(name: str) -> str:
 
 class Run:
     """One training run's plumbing: its folder under runs/, the TensorBoard (and --track: wandb) writer, the progress
-    line, interval means of the update's metrics, the NaN guard and Ctrl-C / SIGTERM.
+    line, interval means of the update's metrics, the NaN guard, checkpoints and Ctrl-C / SIGTERM / SIGHUP.
 
-    Use as a context manager: on exit the signal handlers are restored and the writers closed. `metric_names` name
-    the entries of the metrics tensor that each update returns (TensorBoard tags such as "losses/critic_loss").
+    Use as a context manager around the set-up and the training loop, and call start() when the loop starts. A signal
+    during set-up stops the run at once (nothing was trained; a new run's empty folder is removed); during training it
+    asks the loop to stop and save at the end of the current step. On exit the signal handlers are restored and the
+    writers closed. `metric_names` name the entries of the metrics tensor that each update returns (TensorBoard tags
+    such as "losses/critic_loss").
     """
 
-    def __init__(self, args, label: str, metric_names: list[str], device, resume: Optional[dict] = None):
-        self.args, self.metric_names, self.total_steps = args, metric_names, args.total_timesteps
+    def __init__(self, script: str, args, label: str, metric_names: list, device, resume: Optional[dict] = None):
+        self.script, self.args, self.metric_names, self.total_steps = script, args, metric_names, args.total_timesteps
+        self.resumed = resume is not None
         if resume is None:
             self.name = new_run_dir(f"{label}__{args.exp_name}__{args.seed}__{int(time.time())}")
         else:
@@ -147,32 +174,51 @@ class Run:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(self.dir, purge_step=resume["global_step"] if resume else None)
-        table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+        hyperparameters = vars(args) | {"torch_threads": torch.get_num_threads()}
+        table = "\n".join(f"|{key}|{value}|" for key, value in hyperparameters.items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         if args.track:
             import wandb
 
             wandb.init(
-                project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), name=self.name,
+                project=args.wandb_project_name, entity=args.wandb_entity, config=hyperparameters, name=self.name,
                 sync_tensorboard=True, save_code=True, id=self.name, resume="allow",
             )  # fmt: skip
         self.metrics_sum = torch.zeros(len(metric_names), device=device)  # summed over the interval's updates
         self.metrics_count = 0
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
-        self.stop_requested = False
-        self.previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.started = self.stop_requested = False
+        self.resources = []  # closed on exit
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        self.previous_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
 
-    def _request_stop(self, signum, frame):
-        """Ctrl-C and SIGTERM ask the loop to stop at the end of the current step, where the state is consistent."""
+    def _on_signal(self, signum, frame):
+        """Ctrl-C, SIGTERM and SIGHUP ask the loop to stop at the end of the current step, where the state is
+        consistent; during set-up there is nothing to save yet, so they stop at once."""
+        name = signal.Signals(signum).name
+        if not self.started:
+            raise SystemExit(f"{name} during set-up: stopped before training, nothing to save")
         if self.stop_requested:
             raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
         self.stop_requested = True
-        print("stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
+        print(f"{name}: stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
+
+    def close_on_exit(self, resource):
+        """Close `resource` (e.g. the vector env and its worker processes) when the run exits; returns it."""
+        self.resources.append(resource)
+        return resource
+
+    def start(self):
+        """The training loop starts: signals now stop it after a step, and the progress clock starts here."""
+        self.started = True
+        self.last_progress = (self.last_progress[0], time.time())
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        for resource in self.resources:
+            resource.close()
         for s, handler in self.previous_handlers.items():
             signal.signal(s, handler)
         self.writer.close()
@@ -180,6 +226,8 @@ class Run:
             import wandb
 
             wandb.finish()
+        if not self.started and not self.resumed:  # stopped or refused during set-up: nothing was trained
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self, scalars: dict, step: int):
         for tag, value in scalars.items():
@@ -199,25 +247,31 @@ class Run:
             means = {name: value / self.metrics_count for name, value in means.items()}
             raise SystemExit(f"non-finite loss at step {step} (interval means: {means}); state saved to {path}")
 
+    def progress_due(self, step: int) -> bool:
+        """A progress line is due every --log-interval steps, and at least once a minute when steps are slow."""
+        return step % self.args.log_interval == 0 or time.time() - self.last_progress[1] >= 60
+
     def progress(self, step: int, scalars: dict, summary: str):
-        """Print the progress line: steps/s and ETA over the interval since the last line (the random-action phase
-        runs much faster), then, if updates ran in it, `summary` formatted with the metrics' interval means and
-        `scalars` (e.g. "critic {losses/critic_loss:.3f}"). Everything is logged to TensorBoard too."""
+        """Print the progress line: steps/s over the interval since the last line and the ETA at that rate once
+        updates run (the random-action phase is much faster, so it says nothing about the rest), then, if updates ran,
+        `summary` formatted with the metrics' interval means and `scalars` (e.g. "critic {losses/critic_loss:.3f}").
+        Everything is logged to TensorBoard too."""
         now = time.time()
         elapsed = max(now - self.last_progress[1], 1e-9)
         sps = (step - self.last_progress[0]) / elapsed
-        eta = (self.total_steps - step) / max(sps, 1e-9)
         self.log({"charts/SPS": sps, "charts/updates_per_second": self.metrics_count / elapsed}, step)
         self.last_progress = (step, now)
-        line = (
-            f"step {step:,}/{self.total_steps:,} | {sps:.1f} steps/s | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m"
-        )
+        line = f"step {step:,}/{self.total_steps:,} | {sps:.1f} steps/s"
         if self.metrics_count:
+            eta = (self.total_steps - step) / max(sps, 1e-9)
+            line += f" | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m"
             values = dict(zip(self.metric_names, (self.metrics_sum / self.metrics_count).tolist())) | scalars
             self.log(values, step)
             line += " | " + summary.format_map(values)
             self.metrics_sum.zero_()
             self.metrics_count = 0
+        else:
+            line += " | no updates yet; ETA once they run"
         print(line, flush=True)
 
     def log_evaluation(self, step: int, returns: dict, summary: dict, notes: Optional[dict] = None):
@@ -230,15 +284,22 @@ class Run:
         summary_text = " ".join(f"{name} {value:.3f}" for name, value in summary.items())
         print(f"eval @ {step:,}: {summary_text} | {per_task}", flush=True)
 
+    def save(self, step: int, checkpoint: Callable[[], dict]):
+        """Save the run's checkpoint (atomically) and say so in one line."""
+        start = time.time()
+        save_checkpoint(self.checkpoint_path, checkpoint())
+        size = os.path.getsize(self.checkpoint_path) / 2**20
+        print(
+            f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB, {time.time() - start:.1f} s)"
+        )
+
     def finish(self, step: int, checkpoint: Callable[[], dict]) -> str:
         """Save the final (or the stopped run's) checkpoint and say how to continue."""
-        save_checkpoint(self.checkpoint_path, checkpoint())
+        self.save(step, checkpoint)
         if self.stop_requested:
-            print(
-                f"stopped at step {step:,}; checkpoint saved to {self.checkpoint_path} (continue with --resume {self.checkpoint_path})"
-            )
+            print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
         else:
-            print(f"done: {step:,} steps; checkpoint saved to {self.checkpoint_path}")
+            print(f"done: {step:,} steps")
         return self.checkpoint_path
 
 
@@ -281,6 +342,7 @@ def checkpoint_state(run: Run, config: dict, step: int, stateful: dict, rng, dev
     """Everything needed to continue exactly: the state_dict of each object in `stateful` (a tensor is copied),
     every random number generator, and `extra` (numpy arrays become tensors)."""
     state = {"version": 1, "run_name": run.name, "config": config, "args": asdict(run.args), "global_step": step}
+    state["torch_threads"] = torch.get_num_threads()  # CPU results are bit-reproducible only at the same count
     for name, obj in stateful.items():
         state[name] = obj.detach().cpu().clone() if isinstance(obj, torch.Tensor) else obj.state_dict()
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
@@ -290,15 +352,45 @@ def checkpoint_state(run: Run, config: dict, step: int, stateful: dict, rng, dev
     return state
 
 
-def resume(path: str, script: str, keys: set, config: dict, stateful: dict, rng, device, envs) -> dict:
-    """--resume: load the checkpoint, check that it belongs to this run's `config`, and restore `stateful`, the
-    random number generators and the training envs (their `state`). Returns the checkpoint for the rest."""
-    ckpt = load_checkpoint(path, script, keys)
-    check_config(path, ckpt["config"], config)
-    restore_state(ckpt, stateful, rng, device)
-    envs.set_attr("state", ckpt["envs"])
-    print(f"resumed {ckpt['run_name']} at step {ckpt['global_step']:,} from {path}")
-    return ckpt
+# Flags a resumed run may change: how long it goes on, how it logs, saves and evaluates, and how fast it computes.
+# Every other flag changes what the saved state means, so a resumed run takes it from the checkpoint.
+RESUMABLE_CHANGES = {
+    "total_timesteps", "resume", "save_every", "save_buffer", "log_interval", "eval_interval", "eval_episodes",
+    "eval_epsilon", "capture_video", "track", "wandb_project_name", "wandb_entity", "exp_name", "cuda",
+    "torch_deterministic", "compile", "cudagraphs", "bf16", "async_envs",
+}  # fmt: skip
+
+
+def as_flag(name: str, value) -> str:
+    """How a field's value is written on the command line: --env-ids dog-run dog-walk, --no-reward-norm, --seed 3."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+
+
+def load_for_resume(args, script: str, keys: set):
+    """--resume PATH: load the checkpoint before anything heavy and continue with the run's own flags. A flag left
+    at its default takes the checkpoint's value; a flag given with another value than the checkpoint's is refused,
+    unless it is one of RESUMABLE_CHANGES. Returns (the flags to run with, the checkpoint)."""
+    ckpt = load_checkpoint(args.resume, script, keys)
+    defaults, saved = type(args)(), ckpt.get("args", {})
+    restored, conflicts = {}, []
+    for name, value in vars(args).items():
+        if name not in saved or name == "resume" or value == saved[name]:
+            continue
+        if value == getattr(defaults, name):
+            restored[name] = saved[name]
+        elif name not in RESUMABLE_CHANGES:
+            conflicts.append(f"{as_flag(name, value)} (the checkpoint's run used {as_flag(name, saved[name])})")
+    if conflicts:
+        raise SystemExit(
+            f"--resume {args.resume}: these flags change what the saved state means and differ from the "
+            f"checkpoint's: {'; '.join(conflicts)}. Leave them out to continue with the checkpoint's values."
+        )
+    if restored:
+        print("flags from the checkpoint: " + " ".join(as_flag(name, value) for name, value in restored.items()))
+    return dataclasses.replace(args, **restored), ckpt
 
 
 def restore_replay(ckpt: dict, replay_buffer, learning_starts: int) -> int:
@@ -314,8 +406,8 @@ def restore_replay(ckpt: dict, replay_buffer, learning_starts: int) -> int:
     return ckpt["global_step"] + learning_starts
 
 
-def restore_state(ckpt: dict, stateful: dict, rng, device):
-    """Load what checkpoint_state saved of `stateful` and the random number generators."""
+def restore_state(ckpt: dict, stateful: dict, rng, device, envs=None):
+    """Load what checkpoint_state saved of `stateful`, the random number generators and the training envs' state."""
     for name, obj in stateful.items():
         if isinstance(obj, torch.Tensor):
             with torch.no_grad():
@@ -326,6 +418,9 @@ def restore_state(ckpt: dict, stateful: dict, rng, device):
     if device.type == "cuda" and ckpt["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     rng.bit_generator.state = ckpt["rng"]["numpy"]
+    if envs is not None:
+        envs.set_attr("state", ckpt["envs"])
+    print(f"resumed {ckpt['run_name']} at step {ckpt['global_step']:,}")
 
 
 # ---- Fast paths (opt-in; each script's eager `update` is the reference) ----

@@ -301,9 +301,11 @@ def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys, one_th
         torch.testing.assert_close(resumed["q_network"][name], value, rtol=0, atol=1e-6)
     torch.testing.assert_close(resumed["replay_buffer"]["data"][0], full["replay_buffer"]["data"][0], rtol=0, atol=0)
 
-    with pytest.raises(SystemExit, match="encoder_width is 2 but this run's is 4"):
+    with pytest.raises(SystemExit, match=r"--encoder-width 4 \(the checkpoint's run used --encoder-width 2\)"):
         main(tiny_args(resume=half, encoder_width=4))
-    with pytest.raises(SystemExit, match="env_ids is"):
+    with pytest.raises(
+        SystemExit, match=r"--env-ids Breakout Pong \(the checkpoint's run used --env-ids Pong Breakout\)"
+    ):
         main(tiny_args(resume=half, env_ids=["Breakout", "Pong"]))
     (tmp_path / "corrupt.pt").write_bytes(open(half, "rb").read()[:1000])
     with pytest.raises(SystemExit, match="corrupt"):

@@ -148,7 +148,7 @@ def test_help_lists_the_fast_path_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--compile", "--cudagraphs", "--bf16", "--async-envs"):
         assert flag in out
-    assert "data lag" in " ".join(out.split())
+    assert "lag one step behind" in " ".join(out.split())
 
 
 # ---- --async-envs ----

@@ -44,8 +44,12 @@ def scalars(run_dir: str) -> dict:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_smoke_two_tasks_of_different_sizes_learns_and_writes_everything():
+def test_smoke_two_tasks_of_different_sizes_learns_and_writes_everything(capsys):
     path = run(total_timesteps=300, save_every=100)
+    out = capsys.readouterr().out
+    assert f"checkpoint saved at step 100: {path} (" in out and f"checkpoint saved at step 300: {path} (" in out
+    assert "step 50/300 | " in out and "no updates yet; ETA once they run" in out  # random actions until step 50
+    assert "step 100/300 | " in out and " | ETA 0h00m | critic " in out
     ckpt = torch.load(path, weights_only=True)
     # cartpole-balance has obs 5 / action 1, point_mass-easy obs 4 / action 2: padded to 5 and 2.
     assert ckpt["critic"]["task_embedding.weight"].shape == (2, 32)
@@ -185,13 +189,13 @@ def test_bad_input_is_refused_with_a_clear_message(overrides, message):
 
 def test_corrupt_or_mismatched_checkpoint_is_refused():
     path = run(total_timesteps=60)
-    pattern = (
-        r"checkpoint's env_ids is \['cartpole-balance', 'point_mass-easy'\] but this run's is \['cartpole-balance'\]"
-    )
+    pattern = r"--env-ids cartpole-balance \(the checkpoint's run used --env-ids DMC_TINY\)"
     with pytest.raises(SystemExit, match=pattern):
         run(env_ids=["cartpole-balance"], resume=path)
-    with pytest.raises(SystemExit, match="checkpoint's critic_width is 32 but this run's is 64"):
+    with pytest.raises(SystemExit, match=r"--critic-width 64 \(the checkpoint's run used --critic-width 32\)"):
         run(critic_width=64, resume=path)
+    with pytest.raises(SystemExit, match=r"--gamma 0.9 \(the checkpoint's run used --gamma 0.99\).*Leave them out"):
+        run(gamma=0.9, resume=path)  # not a size, but it changes what the saved reward statistics mean
     with open(path, "rb") as f:
         data = f.read()
     with open("truncated.pt", "wb") as f:
@@ -201,6 +205,21 @@ def test_corrupt_or_mismatched_checkpoint_is_refused():
     torch.save({"weights": torch.zeros(3)}, "other.pt")
     with pytest.raises(SystemExit, match="not a bro_mt checkpoint"):
         run(resume="other.pt")
+
+
+def test_resume_takes_the_runs_own_flags_from_the_checkpoint(capsys):
+    """`--resume PATH` alone continues the run as it was trained (not with the 64M default critic); flags that only
+    change how the run goes on (here its length) may be given."""
+    path = run(total_timesteps=60, seed=3)
+    resumed = bro_mt.main(bro_mt.Args(resume=path, total_timesteps=80))
+    out = capsys.readouterr().out
+    restored = next(line for line in out.splitlines() if line.startswith("flags from the checkpoint: "))
+    for flag in ["--env-ids DMC_TINY", "--critic-width 32", "--batch-size 32", "--max-episode-steps 60", "--seed 3"]:
+        assert f" {flag} " in restored + " ", (flag, restored)
+    assert "--total-timesteps" not in restored and "resumed " in out and "at step 60" in out
+    ckpt = torch.load(resumed, weights_only=True)
+    assert ckpt["global_step"] == 80 and ckpt["config"]["critic_width"] == 32 and ckpt["args"]["seed"] == 3
+    assert resumed == path  # the same run, continued
 
 
 def test_help_documents_every_flag():
