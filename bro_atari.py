@@ -747,8 +747,8 @@ def score_summary(scores: dict) -> tuple[dict, dict]:
     return hns, summary
 
 
-def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None) -> np.ndarray:
-    """Mean game score over `num_episodes` whole games (no life-loss terminals) per game; games step in lockstep."""
+def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None) -> dict:
+    """Mean score of each game over `num_episodes` whole games (no life-loss terminals); games step in lockstep."""
     scores, rng = np.zeros((len(envs), num_episodes)), np.random.default_rng(seed)
     num_actions = envs[0].num_actions
     for episode in range(num_episodes):
@@ -770,7 +770,7 @@ def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, vide
                 done[i] = terminated or truncated
         if video_dir is not None and episode == 0:
             run_utils.save_videos(video_dir, {env.game: env_frames for env, env_frames in zip(envs, frames)}, fps=15)
-    return scores.mean(axis=1)
+    return {env.game: score for env, score in zip(envs, scores.mean(axis=1))}
 
 
 # ---- Training loop ----
@@ -817,11 +817,10 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
     # -- Environments: one per game; several games share ALE's full 18-action set --
     if make_env is None:
-        atari_flags = (num_games > 1, args.repeat_action_probability, args.noop_max, args.max_episode_frames)
-
-        def make_env(game: str, seed: int) -> AtariGame:
-            return AtariGame(game, seed, *atari_flags)
-
+        settings = dict(repeat_action_probability=args.repeat_action_probability, noop_max=args.noop_max)
+        make_env = partial(
+            AtariGame, full_action_space=num_games > 1, max_episode_frames=args.max_episode_frames, **settings
+        )
     eval_envs = [make_env(game, args.seed + 10_000 + i) for i, game in enumerate(env_ids)]
     num_actions = eval_envs[0].num_actions
     if any(env.num_actions != num_actions for env in eval_envs):
@@ -838,17 +837,13 @@ def main(args: Args, make_env: Optional[Callable] = None):
     buffer_bytes = ReplayBuffer.bytes_needed(num_games, args.buffer_size)
     replay = f"({num_games} games x {args.buffer_size:,} frames)"
     smaller = "--model-size, --encoder-width or --batch-size"
-    buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
     print(f"games ({num_games}, {num_actions} actions): {', '.join(env_ids)}")
     print(
         f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
         f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
-        f"{counts['head']:,}, game embedding {counts['game_embedding']:,})"
+        f"{counts['head']:,}, game embedding {counts['game_embedding']:,}); batch {batch_size}"
     )
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    print(
-        f"device {device}{threads}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}"
-    )
+    buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
     encoder_macs = 53e6 * (args.encoder_width / 16) ** 2  # one sample's convolutions (53M at Impala's width 16)
     update_gflop = 10 * batch_size * (encoder_macs + counts["head"]) / 1e9  # ~5 forward passes, 2 FLOP/MAC
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --model-size 1M --batch-size 32")
@@ -976,12 +971,8 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 scores = evaluate(
                     q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, seed, video_dir
                 )
-                scores = dict(zip(env_ids, scores))
                 hns, summary = score_summary(scores)
-                run.log({f"eval/human_normalized/{game}": value for game, value in hns.items()}, global_step)
-                run.log_evaluation(
-                    global_step, scores, summary, {game: f" ({value:.2f})" for game, value in hns.items()}
-                )
+                run.log_evaluation(global_step, scores, summary, {"human_normalized": hns})
             if run.progress_due(global_step):
                 scalars = {"charts/epsilon": epsilon}
                 if not args.clip_rewards:

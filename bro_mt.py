@@ -784,18 +784,14 @@ def main(args: Args):
     buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
     replay = f"({num_tasks} tasks x {args.buffer_size:,} transitions)"
     smaller = "--model-size or --batch-size"
-    buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
     sizes = ", ".join(f"{t} (obs {env.obs_size}, act {env.action_size})" for t, env in zip(env_ids, eval_envs))
     print(f"tasks ({num_tasks}): {sizes}")
     print(
         f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
         f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
-        f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}"
+        f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}; batch {batch_size}"
     )
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    print(
-        f"device {device}{threads}; replay buffer ~{run_utils.gib(buffer_bytes)} on {buffer_device}; batch {batch_size}"
-    )
+    buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
     update_gflop = 13 * ENSEMBLE_SIZE * batch_size * counts["critic_member"] / 1e9  # ~6.5 forward passes, 2 FLOP/MAC
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --critic-width 128 --batch-size 128")
     if args.capture_video:

@@ -64,7 +64,7 @@ def gib(num_bytes: float) -> str:
 
 def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: str, replay: str):
     """Keep the replay buffer on the training device when it fits next to the model, else in RAM; refuse up front
-    (with the estimates) what fits nowhere, rather than failing hours into a run.
+    (with the estimates) what fits nowhere, rather than failing hours into a run. Prints where everything lives.
 
     `smaller` names the flags that shrink the networks, `replay` the buffer's size."""
     free = available_memory(device)
@@ -73,15 +73,16 @@ def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: st
             f"the networks need ~{gib(model_bytes)} for weights, optimiser state and activations but {device} has "
             f"{gib(free)} free; pick a smaller {smaller}"
         )
-    if buffer_bytes <= free - model_bytes:
-        return device
     ram = free - model_bytes if device.type == "cpu" else available_memory(torch.device("cpu"))
-    if device.type == "cpu" or buffer_bytes > ram:
+    if buffer_bytes > free - model_bytes and (device.type == "cpu" or buffer_bytes > ram):
         raise SystemExit(
             f"the replay buffer {replay} needs {gib(buffer_bytes)} but only {gib(ram)} of RAM is left (next to the "
             "networks on a CPU); lower --buffer-size"
         )
-    return torch.device("cpu")
+    place = device if buffer_bytes <= free - model_bytes else torch.device("cpu")
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    print(f"device {device}{threads}; replay buffer ~{gib(buffer_bytes)} on {place}")
+    return place
 
 
 # ---- Vector envs ----
@@ -274,15 +275,18 @@ class Run:
             line += " | no updates yet; ETA once they run"
         print(line, flush=True)
 
-    def log_evaluation(self, step: int, returns: dict, summary: dict, notes: Optional[dict] = None):
-        """Log and print an evaluation: `returns` per task as eval/return/{task}, `summary` values as eval/{name};
-        `notes` adds text after a task's return on the printed line."""
+    def log_evaluation(self, step: int, returns: dict, summary: dict, per_task: Optional[dict] = None):
+        """Log and print an evaluation: `returns` per task as eval/return/{task}, `summary` values as eval/{name}, and
+        each `per_task` metric (a dict by task, e.g. human_normalized) as eval/{metric}/{task}, printed in brackets."""
         self.log({f"eval/return/{task}": value for task, value in returns.items()}, step)
         self.log({f"eval/{name}": value for name, value in summary.items()}, step)
-        notes = notes or {}
-        per_task = " ".join(f"{task} {value:.1f}{notes.get(task, '')}" for task, value in returns.items())
+        notes = {task: "" for task in returns}
+        for metric, values in (per_task or {}).items():
+            self.log({f"eval/{metric}/{task}": value for task, value in values.items()}, step)
+            notes |= {task: f"{notes[task]} ({value:.2f})" for task, value in values.items()}
         summary_text = " ".join(f"{name} {value:.3f}" for name, value in summary.items())
-        print(f"eval @ {step:,}: {summary_text} | {per_task}", flush=True)
+        per_task_text = " ".join(f"{task} {value:.1f}{notes[task]}" for task, value in returns.items())
+        print(f"eval @ {step:,}: {summary_text} | {per_task_text}", flush=True)
 
     def save(self, step: int, checkpoint: Callable[[], dict]):
         """Save the run's checkpoint (atomically) and say so in one line."""

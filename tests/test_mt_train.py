@@ -234,6 +234,13 @@ def test_help_documents_every_flag():
         flag = "--" + f.name.replace("_", "-")
         assert flag in out, flag
     assert "deterministic evaluation episodes per task" in out and "1M" in out and "1B" in out
+    assert "if toggled" not in out and "(default: 1024" not in out  # no wrong or second default
+    assert "Example, a small run on a laptop CPU:  python bro_mt.py --env-ids DMC_TINY" in out
+    source = open(os.path.join(REPO, "bro_mt.py")).read()
+    args_class = source[source.index("class Args:") : source.index("MODEL_SIZES =")]
+    helps = [line for line in args_class.splitlines() if line.startswith('    """')]
+    assert len(helps) == len(dataclasses.fields(bro_mt.Args))
+    assert all(line.rstrip().endswith('"""') for line in helps), "a flag's help has a line break (wraps mid-phrase)"
     bad = subprocess.run(
         [sys.executable, os.path.join(REPO, "bro_mt.py"), "--model-size", "3M"], capture_output=True, text=True
     )
