@@ -142,7 +142,9 @@ class Args:
     capture_video: bool = False
     """save a video of each game's first evaluation episode to runs/{run_name}/videos/step{N}/{game}.mp4"""
     save_every: int = 0
-    """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
+    """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
+    save_minutes: float = 30.0
+    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
     save_buffer: bool = False
     """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
     resume: Optional[str] = None
@@ -747,8 +749,9 @@ def score_summary(scores: dict) -> tuple[dict, dict]:
     return hns, summary
 
 
-def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None) -> dict:
-    """Mean score of each game over `num_episodes` whole games (no life-loss terminals); games step in lockstep."""
+def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None, stop=None) -> dict:
+    """Mean score of each game over `num_episodes` whole games (no life-loss terminals); games step in lockstep.
+    When `stop()` turns true (Ctrl-C), the evaluation ends after the current episode, with the mean so far."""
     scores, rng = np.zeros((len(envs), num_episodes)), np.random.default_rng(seed)
     num_actions = envs[0].num_actions
     for episode in range(num_episodes):
@@ -770,6 +773,9 @@ def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, vide
                 done[i] = terminated or truncated
         if video_dir is not None and episode == 0:
             run_utils.save_videos(video_dir, {env.game: env_frames for env, env_frames in zip(envs, frames)}, fps=15)
+        if stop is not None and stop():
+            scores = scores[:, : episode + 1]
+            break
     return {env.game: score for env, score in zip(envs, scores.mean(axis=1))}
 
 
@@ -780,19 +786,39 @@ CHECKPOINT_KEYS = {
 }  # fmt: skip
 
 
+ONE, ZERO, POSITIVE, PROBABILITY = (
+    run_utils.Range(1),
+    run_utils.Range(0),
+    run_utils.Range(0, low_open=True),
+    run_utils.Range(0, 1),
+)
+FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows it, means its default)
+    "critic_width": ONE, "encoder_width": ONE, "total_timesteps": ONE, "learning_starts": ONE, "buffer_size": ONE,
+    "batch_size": ONE, "updates_per_step": ONE, "n_step": ONE, "gamma": run_utils.Range(0, 1, high_open=True),
+    "tau": run_utils.Range(0, 1, low_open=True), "target_network_frequency": ZERO, "learning_rate": POSITIVE,
+    "weight_decay": ZERO, "epsilon_end": PROBABILITY, "epsilon_decay_steps": ONE, "eval_epsilon": PROBABILITY,
+    "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
+    "repeat_action_probability": PROBABILITY, "noop_max": ZERO, "max_episode_frames": ONE, "eval_interval": ONE,
+    "eval_episodes": ONE, "seed": run_utils.Range(0, 2**32 - 1), "save_every": ZERO, "save_minutes": run_utils.Range(0), "log_interval": ONE,
+}  # fmt: skip
+
+
 def check_args(args: Args):
-    """Refuse flag values that cannot work before anything heavy starts; each message names the flag."""
+    """Refuse flag values that cannot work before anything heavy starts; each message names the flag and what is valid."""
     if args.model_size not in MODEL_SIZES:
         raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
-    given = {name: getattr(args, name) for name in ("critic_width", "batch_size") if getattr(args, name) is not None}
-    run_utils.require_positive(
-        args, "total_timesteps", "updates_per_step", "eval_interval", "log_interval", "n_step", "eval_episodes",
-        "epsilon_decay_steps", "encoder_width", **given,
-    )  # fmt: skip
+    problems = (
+        [f"--v-min {args.v_min} and --v-max {args.v_max}: need v-min < v-max"] if args.v_min >= args.v_max else []
+    )
     if args.learning_starts <= args.n_step + FRAME_STACK or args.buffer_size <= args.n_step + FRAME_STACK:
-        raise SystemExit(
+        problems.append(
             f"--learning-starts and --buffer-size must exceed --n-step + {FRAME_STACK} (a sample needs its stack and "
             "its n following entries in the buffer)"
+        )
+    run_utils.check_flags(args, FLAG_RANGES, problems)
+    if args.learning_starts >= args.total_timesteps:
+        print(
+            f"note: --learning-starts {args.learning_starts} >= --total-timesteps {args.total_timesteps}: no update will run"
         )
 
 
@@ -924,9 +950,11 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 envs.step_async(actions)
                 if global_step >= first_update_step:
                     learn()
-                next_frames, rewards, terminations, truncations, infos = envs.step_wait()
-            else:
-                next_frames, rewards, terminations, truncations, infos = envs.step(actions)
+            step_envs = envs.step_wait if args.async_envs else partial(envs.step, actions)
+            # (the guard stops the run, with its state saved, if an emulator fails or returns NaN)
+            next_frames, rewards, terminations, truncations, infos = run.guard_envs(
+                global_step, env_ids, checkpoint, step_envs
+            )
 
             # -- record -- Where an episode ended, next_frames holds the next episode's first frame; the step's own
             # frame and info are in infos["final_obs"] and infos["final_info"].
@@ -968,8 +996,9 @@ def main(args: Args, make_env: Optional[Callable] = None):
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
                 video_dir = os.path.join(run.dir, "videos", f"step{global_step}") if args.capture_video else None
                 seed = args.seed + global_step
+                stop = lambda: run.stop_requested  # noqa: E731 (Ctrl-C ends the evaluation after its current episode)
                 scores = evaluate(
-                    q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, seed, video_dir
+                    q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, seed, video_dir, stop
                 )
                 hns, summary = score_summary(scores)
                 run.log_evaluation(global_step, scores, summary, {"human_normalized": hns})
@@ -978,7 +1007,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 if not args.clip_rewards:
                     scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(env_ids, scale.tolist())}
                 run.progress(global_step, scalars, PROGRESS)
-            if args.save_every and global_step % args.save_every == 0:
+            if run.save_due(global_step):
                 run.save(global_step, checkpoint)
         return run.finish(global_step, checkpoint)
 

@@ -34,15 +34,22 @@ from typing import Literal, NamedTuple, Optional
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from dm_control import suite
 
 import run_utils
+
+try:  # MuJoCo loads the MUJOCO_GL renderer on import: an unknown name or a missing library fails here
+    import mujoco
+    from dm_control import suite
+except (ImportError, RuntimeError, AttributeError) as error:
+    raise SystemExit(
+        f"MuJoCo cannot start with MUJOCO_GL={os.environ['MUJOCO_GL']!r} ({type(error).__name__}: {error}). "
+        "Use MUJOCO_GL=egl (Debian: libegl1) or MUJOCO_GL=osmesa (libosmesa6); without videos MUJOCO_GL=disable works."
+    ) from None
 
 
 @dataclass
@@ -121,7 +128,9 @@ class Args:
     capture_video: bool = False
     """save a video of each task's first evaluation episode to runs/{run_name}/videos/step{N}/{task}.mp4"""
     save_every: int = 0
-    """save a checkpoint every N environment steps (0: only at the end, on Ctrl-C/SIGTERM and on NaN)"""
+    """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
+    save_minutes: float = 30.0
+    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
     save_buffer: bool = False
     """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
     resume: Optional[str] = None
@@ -633,8 +642,9 @@ class ReplayBuffer:
 
 
 # ---- Evaluation ----
-def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None):
-    """Mean return over `num_episodes` deterministic episodes per task; all tasks step in lockstep."""
+def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None, stop=None):
+    """Mean return over `num_episodes` deterministic episodes per task; all tasks step in lockstep. When `stop()`
+    turns true (Ctrl-C), the evaluation ends after the current episode, with the mean of the episodes played."""
     returns = np.zeros((len(envs), num_episodes))
     task_ids = torch.arange(len(envs), device=device)
     for episode in range(num_episodes):
@@ -659,6 +669,8 @@ def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, s
                 done[i] = terminated or truncated
         if video_dir is not None and episode == 0:
             run_utils.save_videos(video_dir, {env.env_id: env_frames for env, env_frames in zip(envs, frames)}, fps=30)
+        if stop is not None and stop():
+            return returns[:, : episode + 1].mean(axis=1)
     return returns.mean(axis=1)
 
 
@@ -732,17 +744,31 @@ CHECKPOINT_KEYS = {
 }  # fmt: skip
 
 
+ONE, ZERO, POSITIVE = run_utils.Range(1), run_utils.Range(0), run_utils.Range(0, low_open=True)
+FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows it, means its default)
+    "critic_width": ONE, "total_timesteps": ONE, "learning_starts": ONE, "buffer_size": ONE, "batch_size": ONE,
+    "updates_per_step": ONE, "gamma": run_utils.Range(0, 1, high_open=True), "tau": run_utils.Range(0, 1, low_open=True),
+    "learning_rate": POSITIVE, "weight_decay": ZERO, "alpha_lr": POSITIVE, "init_temperature": POSITIVE,
+    "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
+    "eval_interval": ONE, "eval_episodes": ONE, "max_episode_steps": ONE, "seed": run_utils.Range(0, 2**32 - 1),
+    "save_every": ZERO, "save_minutes": run_utils.Range(0), "log_interval": ONE,
+}  # fmt: skip
+
+
 def check_args(args: Args):
-    """Refuse flag values that cannot work before anything heavy starts; each message names the flag."""
+    """Refuse flag values that cannot work before anything heavy starts; each message names the flag and what is valid."""
     if args.model_size not in MODEL_SIZES:
         raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
-    given = {name: getattr(args, name) for name in ("critic_width", "batch_size") if getattr(args, name) is not None}
-    run_utils.require_positive(
-        args, "learning_starts", "total_timesteps", "buffer_size", "updates_per_step", "eval_interval", "eval_episodes",
-        "log_interval", **given,
-    )  # fmt: skip
+    problems = (
+        [f"--v-min {args.v_min} and --v-max {args.v_max}: need v-min < v-max"] if args.v_min >= args.v_max else []
+    )
     if args.freeze_trunk and not args.init_from:
-        raise SystemExit("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
+        problems.append("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
+    run_utils.check_flags(args, FLAG_RANGES, problems)
+    if args.learning_starts >= args.total_timesteps:
+        print(
+            f"note: --learning-starts {args.learning_starts} >= --total-timesteps {args.total_timesteps}: no update will run"
+        )
 
 
 def main(args: Args):
@@ -892,9 +918,11 @@ def main(args: Args):
                 envs.step_async(actions)
                 if global_step >= first_update_step:
                     learn()
-                next_obs, rewards, terminations, truncations, infos = envs.step_wait()
-            else:
-                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            step_envs = envs.step_wait if args.async_envs else partial(envs.step, actions)
+            # (the guard stops the run, with its state saved, if a simulator fails or returns NaN)
+            next_obs, rewards, terminations, truncations, infos = run.guard_envs(
+                global_step, env_ids, checkpoint, step_envs
+            )
 
             # -- record --
             real_next_obs = next_obs.copy()  # where an episode ended, next_obs is already the reset observation
@@ -921,8 +949,9 @@ def main(args: Args):
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
                 video_dir = os.path.join(run.dir, "videos", f"step{global_step}") if args.capture_video else None
                 seed = args.seed + global_step
+                stop = lambda: run.stop_requested  # noqa: E731 (Ctrl-C ends the evaluation after its current episode)
                 returns = evaluate(
-                    actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, seed, video_dir
+                    actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, seed, video_dir, stop
                 )
                 run.log_evaluation(global_step, dict(zip(env_ids, returns)), {"mean_return": returns.mean()})
             if run.progress_due(global_step):
@@ -932,7 +961,7 @@ def main(args: Args):
                     scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
                     scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, scales)}
                 run.progress(global_step, scalars, PROGRESS)
-            if args.save_every and global_step % args.save_every == 0:
+            if run.save_due(global_step):
                 run.save(global_step, checkpoint)
         return run.finish(global_step, checkpoint)
 

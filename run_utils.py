@@ -12,9 +12,13 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
 
 import contextlib
 import dataclasses
+import errno
+import hashlib
+import math
 import os
 import shutil
 import signal
+import threading
 import time
 from dataclasses import asdict
 from typing import Callable, Optional
@@ -25,12 +29,46 @@ import torch
 
 
 # ---- Flags, device and memory ----
-def require_positive(args, *names: str, **values):
-    """Stop with one message naming every flag below 1: the fields `names` of `args`, and `values` given by name."""
-    values = {name: getattr(args, name) for name in names} | values
-    bad = [f"--{name.replace('_', '-')} {value}" for name, value in values.items() if value < 1]
-    if bad:
-        raise SystemExit(f"{', '.join(bad)}: must be at least 1")
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric flag: finite numbers from `low` to `high`, each end included unless open."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        low, high = (f"{int(x)}" if float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
+        if self.high == math.inf:
+            return f"{'above' if self.low_open else 'at least'} {low}" if self.low > -math.inf else "a finite number"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def just_outside(self) -> list:
+        """Values that must be refused: just past each finite end, and not-a-number."""
+        values = [math.nan]
+        if self.low > -math.inf:
+            values.append(self.low if self.low_open else self.low - 1)
+        if self.high < math.inf:
+            values.append(self.high if self.high_open else self.high + 1)
+        return values
+
+
+def check_flags(args, ranges: dict, problems: Optional[list] = None):
+    """Refuse, before anything heavy, every flag outside its Range (None means "the default" and passes) and every
+    problem the caller found between flags: one line each, naming the flag, its value and what is valid."""
+    problems = list(problems or [])
+    for name, valid in ranges.items():
+        value = getattr(args, name)
+        if value is not None and value not in valid:
+            problems.append(f"{as_flag(name, value)}: must be {valid}")
+    if problems:
+        raise SystemExit("invalid flags:\n  " + "\n  ".join(problems))
 
 
 def setup_torch(seed: int, cuda: bool, torch_deterministic: bool, cudagraphs: bool, bf16: bool) -> torch.device:
@@ -60,6 +98,10 @@ def available_memory(device: torch.device) -> int:
 
 def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def size_text(num_bytes: float) -> str:
+    return gib(num_bytes) if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: str, replay: str):
@@ -143,13 +185,19 @@ def save_videos(video_dir: str, frames: dict, fps: int):
 # ---- The run: folder, logging, progress, metrics, signals ----
 def new_run_dir(name: str) -> str:
     """Create runs/{name} and return its name; runs started in the same second get a '+' suffix each."""
-    os.makedirs("runs", exist_ok=True)
-    while True:
-        try:
-            os.mkdir(os.path.join("runs", name))  # atomic: exactly one of two racing runs creates a folder
-            return name
-        except FileExistsError:
-            name += "+"
+    try:
+        os.makedirs("runs", exist_ok=True)
+        while True:
+            try:
+                os.mkdir(os.path.join("runs", name))  # atomic: exactly one of two racing runs creates a folder
+                return name
+            except FileExistsError:
+                name += "+"
+    except OSError as error:
+        raise SystemExit(
+            f"cannot create the run folder runs/{name} in {os.getcwd()} ({error.strerror}); start the run from a "
+            "folder you can write to"
+        ) from None
 
 
 class Run:
@@ -189,6 +237,8 @@ class Run:
         self.metrics_count = 0
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
         self.started = self.stop_requested = False
+        self.last_save = time.time()
+        self.saved = set()  # the checkpoint_step{N}.pt files this process wrote
         self.resources = []  # closed on exit
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         self.previous_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
@@ -288,35 +338,148 @@ class Run:
         per_task_text = " ".join(f"{task} {value:.1f}{notes[task]}" for task, value in returns.items())
         print(f"eval @ {step:,}: {summary_text} | {per_task_text}", flush=True)
 
-    def save(self, step: int, checkpoint: Callable[[], dict]):
-        """Save the run's checkpoint (atomically) and say so in one line."""
-        start = time.time()
-        save_checkpoint(self.checkpoint_path, checkpoint())
-        size = os.path.getsize(self.checkpoint_path) / 2**20
+    def save_due(self, step: int) -> bool:
+        """A checkpoint is due every --save-every steps and every --save-minutes of wall time."""
+        every_steps = self.args.save_every and step % self.args.save_every == 0
+        return bool(every_steps) or (
+            self.args.save_minutes and time.time() - self.last_save >= 60 * self.args.save_minutes
+        )
+
+    def save(self, step: int, checkpoint: Callable[[], dict], final: bool = False) -> bool:
+        """Save checkpoint_step{N}.pt (atomically, with a checksum), point checkpoint.pt at it (a hard link: no copy)
+        and say so in one line. Checkpoints that were there before this process, such as the one a resumed run
+        started from, are never overwritten or removed; of its own, the process keeps only the latest. A failed save
+        (a full disk, say) leaves the last good checkpoint as it was: a warning while the run goes on, an error at
+        the end."""
+        start, self.last_save = time.time(), time.time()
+        path = os.path.join(self.dir, f"checkpoint_step{step}.pt")
+        try:
+            save_checkpoint(path, checkpoint())
+            link = f"{self.checkpoint_path}.{os.getpid()}.link"
+            os.link(path, link)
+            os.replace(link, self.checkpoint_path)  # atomic: checkpoint.pt is always a whole checkpoint
+        except (CheckpointError, OSError) as error:
+            last = self.checkpoint_path if os.path.exists(self.checkpoint_path) else "none"
+            message = f"checkpoint at step {step:,} NOT saved: {error}. The last good checkpoint: {last}"
+            if final:
+                raise SystemExit(message)
+            print(f"warning: {message}; the run goes on and tries again at the next save", flush=True)
+            return False
+        for old in self.saved - {path}:
+            if os.path.exists(old):
+                os.remove(old)
+        self.saved = {path}
+        size = os.path.getsize(path) / 2**20
         print(
             f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB, {time.time() - start:.1f} s)"
         )
+        return True
 
     def finish(self, step: int, checkpoint: Callable[[], dict]) -> str:
         """Save the final (or the stopped run's) checkpoint and say how to continue."""
-        self.save(step, checkpoint)
+        self.save(step, checkpoint, final=True)
         if self.stop_requested:
             print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
         else:
             print(f"done: {step:,} steps")
         return self.checkpoint_path
 
+    def guard_envs(self, step: int, tasks: list, checkpoint: Callable[[], dict], env_step: Callable, *args):
+        """Call the vector env's `env_step(*args)`. When a simulator fails (e.g. dm_control's PhysicsError) or returns
+        a non-finite observation or reward, stop the run naming the task and step, with what can be saved saved."""
+        try:
+            result = env_step(*args)
+        except Exception as error:
+            raise SystemExit(
+                f"an environment failed at step {step:,} ({type(error).__name__}: {error}); {self._save_for_inspection(step, checkpoint, 'env_error')}"
+            ) from None
+        observations, rewards = result[0], result[1]
+        bad = [
+            task
+            for task, obs, reward in zip(tasks, observations, rewards)
+            if not (np.isfinite(obs).all() and np.isfinite(reward))
+        ]
+        if bad:
+            raise SystemExit(
+                f"non-finite observation or reward from {', '.join(bad)} at step {step:,}; {self._save_for_inspection(step, checkpoint, 'nan_env')}"
+            )
+        return result
+
+    def _save_for_inspection(self, step: int, checkpoint: Callable[[], dict], kind: str) -> str:
+        path = os.path.join(self.dir, f"{kind}_step{step}.pt")
+        try:
+            save_checkpoint(path, checkpoint())
+            return f"state saved to {path} for inspection (the last regular checkpoint: {self.checkpoint_path})"
+        except Exception as error:
+            return f"the state could not be saved ({error}); the last regular checkpoint: {self.checkpoint_path}"
+
 
 # ---- Checkpoints ----
+class CheckpointError(Exception):
+    """A checkpoint could not be written; the message says why (e.g. the disk is full) and nothing half-written is left."""
+
+
+def content_checksum(state) -> str:
+    """SHA-256 of everything a checkpoint holds (tensor bytes, shapes, dtypes and every other value, in a fixed
+    order), so that a file damaged after it was written is recognised when it is loaded."""
+    digest = hashlib.sha256()
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{tensor.dtype}{tuple(value.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(repr(key).encode())
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__}{len(value)}".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(repr(value).encode())
+
+    visit(state)
+    return digest.hexdigest()
+
+
+def tensor_bytes(state) -> int:
+    """Bytes of the tensors in `state`: about the size of its checkpoint file."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else []
+    return sum(tensor_bytes(value) for value in values)
+
+
 def save_checkpoint(path: str, state: dict):
-    """Write atomically: a crash while saving never leaves a half-written checkpoint behind."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    """Write `state` and its content checksum atomically: first to a temporary file of this process, then renamed
+    over `path`. Checks the free space first; on any failure the temporary file is removed, the previous checkpoint
+    at `path` is left as it was, and CheckpointError says why."""
+    folder = os.path.dirname(path) or "."
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # two savers of one path never share a file
+    try:
+        os.makedirs(folder, exist_ok=True)
+        needed, free = int(1.05 * tensor_bytes(state)) + 2**20, shutil.disk_usage(folder).free
+        if needed > free:
+            raise CheckpointError(
+                f"no space left on device: the checkpoint needs ~{size_text(needed)}, {size_text(free)} free in {folder}"
+            )
+        torch.save({**state, "checksum": content_checksum(state)}, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        reason = "no space left on device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        raise CheckpointError(f"{reason} while writing {path}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -> dict:
-    """Load a checkpoint of `script` (it must hold `keys`), or stop with a message that says what is wrong with it."""
+    """Load a checkpoint of `script` (it must hold `keys`, and match its checksum), or stop with a message that says
+    what is wrong with it. A folder means the run's latest checkpoint, its checkpoint.pt."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -329,6 +492,13 @@ def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -
     missing = keys - set(ckpt) if isinstance(ckpt, dict) else keys
     if missing:
         raise SystemExit(f"{flag} {path}: not a {script} checkpoint (missing {sorted(missing)})")
+    checksum = ckpt.pop("checksum", None)  # checkpoints written before checksums have none
+    if checksum is not None and checksum != content_checksum(ckpt):
+        raise SystemExit(
+            f"{flag} {path}: the checkpoint's content does not match its checksum: the file was damaged after it "
+            "was written (disk or copy error); use another checkpoint"
+        )
+    ckpt["path"] = path
     return ckpt
 
 
@@ -359,7 +529,7 @@ def checkpoint_state(run: Run, config: dict, step: int, stateful: dict, rng, dev
 # Flags a resumed run may change: how long it goes on, how it logs, saves and evaluates, and how fast it computes.
 # Every other flag changes what the saved state means, so a resumed run takes it from the checkpoint.
 RESUMABLE_CHANGES = {
-    "total_timesteps", "resume", "save_every", "save_buffer", "log_interval", "eval_interval", "eval_episodes",
+    "total_timesteps", "resume", "save_every", "save_minutes", "save_buffer", "log_interval", "eval_interval", "eval_episodes",
     "eval_epsilon", "capture_video", "track", "wandb_project_name", "wandb_entity", "exp_name", "cuda",
     "torch_deterministic", "compile", "cudagraphs", "bf16", "async_envs",
 }  # fmt: skip

@@ -3,6 +3,7 @@ guard, Ctrl-C / SIGTERM, checkpoints, where the replay buffer lives, flag checks
 environments and no networks beyond a Linear layer."""
 
 import copy
+import errno
 import math
 import os
 import signal
@@ -32,6 +33,8 @@ class Args:
     seed: int = 1
     total_timesteps: int = 36_100
     log_interval: int = 100
+    save_every: int = 0
+    save_minutes: float = 30.0
     track: bool = False
 
 
@@ -148,7 +151,7 @@ def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
     path = os.path.join("runs", run.name, "nan_step7.pt")
     assert path in str(stop.value)
     assert [f for f in os.listdir(run.dir) if "tfevents" not in f] == ["nan_step7.pt"]  # none for step 6
-    assert torch.load(path, weights_only=True).keys() == {"x"}
+    assert torch.load(path, weights_only=True).keys() == {"x", "checksum"}
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.zeros(1))
 
 
@@ -164,7 +167,7 @@ def test_first_signal_asks_to_stop_and_a_second_quits(signum, signals, capsys):
         out = capsys.readouterr().out
         assert f"checkpoint saved at step 5: {path} (" in out
         assert f"stopped at step 5; continue with: python bro_test.py --resume {path}" in out
-        assert torch.load(path, weights_only=True) == {"global_step": 5}
+        assert torch.load(path, weights_only=True)["global_step"] == 5
         with pytest.raises(KeyboardInterrupt):  # second: quit at once
             os.kill(os.getpid(), signum)
             wait_until(lambda: False, seconds=5)
@@ -217,17 +220,83 @@ def test_save_checkpoint_replaces_the_file_atomically(monkeypatch):
     run_utils.save_checkpoint(path, {"step": 1})  # creates the folder
     run_utils.save_checkpoint(path, {"step": 2})
     assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"]  # no .tmp left behind
-    assert torch.load(path, weights_only=True) == {"step": 2}
+    assert torch.load(path, weights_only=True)["step"] == 2
 
     def crash_while_writing(obj, file):
         with open(file, "wb") as f:
             f.write(b"half a checkp")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash_while_writing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(run_utils.CheckpointError, match="no space left on device while writing"):
         run_utils.save_checkpoint(path, {"step": 3})
-    assert torch.load(path, weights_only=True) == {"step": 2}  # the previous checkpoint is intact
+    assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"]  # the partial file is gone...
+    assert torch.load(path, weights_only=True)["step"] == 2  # ...and the previous checkpoint is intact
+
+
+def test_save_checkpoint_checks_free_space_first(monkeypatch):
+    path = os.path.join("runs", "r", "checkpoint.pt")
+    run_utils.save_checkpoint(path, {"step": 1})
+    monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda folder: types.SimpleNamespace(free=2**20))
+    big = {"step": 2, "weights": torch.zeros(2**20)}  # 4 MiB of float32
+    with pytest.raises(
+        run_utils.CheckpointError,
+        match=r"no space left on device: the checkpoint needs ~5.2 MiB, 1.0 MiB free in runs/r$",
+    ):
+        run_utils.save_checkpoint(path, big)
+    assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"] and torch.load(path)["step"] == 1
+
+
+def test_two_savers_of_one_path_at_once_do_not_collide():
+    path = os.path.join("runs", "r", "checkpoint.pt")
+    states = [{"who": k, "weights": torch.full((2**16,), float(k))} for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda state: run_utils.save_checkpoint(path, state), states))  # re-raises any failure
+    saved = run_utils.load_checkpoint(path, "test", {"who"})  # one of them, whole, with a matching checksum
+    assert torch.equal(saved["weights"], torch.full((2**16,), float(saved["who"])))
+    assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"]
+
+
+def test_a_damaged_checkpoint_is_refused_by_its_checksum():
+    path = "checkpoint.pt"
+    run_utils.save_checkpoint(path, {"step": 7, "weights": torch.randn(2**18)})  # 1 MiB, the file is mostly this
+    assert run_utils.load_checkpoint(path, "test", {"step"})["step"] == 7
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])  # 64 flipped bytes
+    open(path, "wb").write(bytes(data))
+    assert torch.load(path, weights_only=True)["step"] == 7  # torch itself notices nothing
+    with pytest.raises(SystemExit, match="does not match its checksum: the file was damaged"):
+        run_utils.load_checkpoint(path, "test", {"step"})
+
+
+def test_a_failed_save_warns_during_the_run_and_stops_it_at_the_end(signals, monkeypatch, capsys):
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        assert run.save(100, lambda: {"global_step": 100})
+        monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda folder: types.SimpleNamespace(free=0))
+        assert not run.save(200, lambda: {"global_step": 200})  # periodic: the run goes on
+        out = capsys.readouterr().out
+        assert "warning: checkpoint at step 200 NOT saved: no space left on device" in out, out
+        assert f"The last good checkpoint: {run.checkpoint_path}; the run goes on" in out
+        with pytest.raises(SystemExit, match="checkpoint at step 300 NOT saved: no space left on device"):
+            run.finish(300, lambda: {"global_step": 300})
+        assert torch.load(run.checkpoint_path, weights_only=True)["global_step"] == 100
+
+
+def test_checkpoints_are_due_every_save_every_steps_and_every_save_minutes(clock, signals):
+    with run_utils.Run("bro_test.py", Args(save_every=50, save_minutes=30), "label", ["losses/a"], CPU) as run:
+        run.start()
+        assert [run.save_due(step) for step in (49, 50, 100)] == [False, True, True]
+        clock.now += 30 * 60 - 1
+        assert not run.save_due(51)
+        clock.now += 1  # half an hour since the last save
+        assert run.save_due(51)
+        run.save(51, lambda: {"global_step": 51})
+        assert not run.save_due(52)
+    with run_utils.Run("bro_test.py", Args(save_every=0, save_minutes=0), "other", ["losses/a"], CPU) as run:
+        clock.now += 10**6
+        assert not run.save_due(100)
 
 
 def test_load_checkpoint_says_what_is_wrong():
@@ -355,12 +424,22 @@ def test_place_replay_buffer(monkeypatch):
 
 
 # ---- Flags and fast paths ----
-def test_require_positive_names_every_bad_flag():
-    args = types.SimpleNamespace(batch_size=0, learning_starts=-1, total_timesteps=10)
+def test_ranges_say_what_is_valid():
+    gamma, one, positive = run_utils.Range(0, 1, high_open=True), run_utils.Range(1), run_utils.Range(0, low_open=True)
+    assert (str(gamma), str(one), str(positive), str(run_utils.Range())) == (
+        "in [0, 1)",
+        "at least 1",
+        "above 0",
+        "a finite number",
+    )
+    assert [v in gamma for v in (0.0, 0.99, 1.0, -0.1, math.nan, math.inf)] == [True, True, False, False, False, False]
+    assert 1 in one and 0 not in one and 1e-9 in positive and 0.0 not in positive
+    assert [v for v in gamma.just_outside() if v == v] == [-1, 1] and math.isnan(gamma.just_outside()[0])
+    args = types.SimpleNamespace(batch_size=0, gamma=0.5, critic_width=None)
     with pytest.raises(SystemExit) as error:
-        run_utils.require_positive(args, "batch_size", "learning_starts", "total_timesteps", critic_width=0)
-    assert str(error.value) == "--batch-size 0, --learning-starts -1, --critic-width 0: must be at least 1"
-    assert run_utils.require_positive(args, "total_timesteps", critic_width=1) is None
+        run_utils.check_flags(args, {"batch_size": one, "gamma": gamma, "critic_width": one}, ["--a and --b clash"])
+    assert str(error.value) == "invalid flags:\n  --a and --b clash\n  --batch-size 0: must be at least 1"
+    assert run_utils.check_flags(types.SimpleNamespace(batch_size=1), {"batch_size": one}) is None
 
 
 def test_fast_update_wraps_only_when_asked(monkeypatch):
