@@ -43,7 +43,6 @@ set-up, vector envs) lives in run_utils.py; you never need to read it to learn t
 
 import difflib
 import math
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Literal, NamedTuple, Optional
@@ -652,6 +651,12 @@ class ReplayBuffer:
         self.pos[games] = (pos + 1) % self.capacity
         self.size[games] = (self.size[games] + 1).clamp(max=self.capacity)
 
+    def add_final_frames(self, final_frames, games: np.ndarray):
+        """After a step: the final frame of each truncated episode of `games`, kept only to bootstrap from."""
+        if len(games):
+            zeros = np.zeros(len(games))
+            self.add(np.stack(final_frames[games]), zeros, zeros, zeros, zeros, np.ones(len(games)), games)
+
     def stacks(self, games: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Frame stacks [batch, 4, 84, 84] ending at entries `index` of `games`; before an episode's first entry the
         stack repeats that first frame."""
@@ -977,10 +982,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
             # -- store: entry t of each game, then the final frame of each truncated episode --
             rb.add(frames, actions, rewards, terminal, first)
-            truncated = np.flatnonzero(truncations & ~terminations)
-            if len(truncated):
-                zeros, final_frames = np.zeros(len(truncated)), np.stack(infos["final_obs"][truncated])
-                rb.add(final_frames, zeros, zeros, zeros, zeros, np.ones(len(truncated)), truncated)
+            rb.add_final_frames(infos.get("final_obs"), np.flatnonzero(truncations & ~terminations))
             first = ended
             global_step += 1
 
@@ -994,12 +996,10 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                video_dir = os.path.join(run.dir, "videos", f"step{global_step}") if args.capture_video else None
-                seed = args.seed + global_step
-                stop = lambda: run.stop_requested  # noqa: E731 (Ctrl-C ends the evaluation after its current episode)
-                scores = evaluate(
-                    q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, seed, video_dir, stop
-                )
+                scores = evaluate(  # (Ctrl-C ends it after the current episode)
+                    q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, args.seed + global_step,
+                    run.video_dir(global_step), stop=run.should_stop,
+                )  # fmt: skip
                 hns, summary = score_summary(scores)
                 run.log_evaluation(global_step, scores, summary, {"human_normalized": hns})
             if run.progress_due(global_step):

@@ -834,10 +834,8 @@ def main(args: Args):
         # -- Networks and optimisers --
         with run_utils.announce("initialising the networks"):
             nets = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, args.bf16)
-            critic, target_critic = (
-                make_critic(conditioning, *nets).to(device),
-                make_critic(conditioning, *nets).to(device),
-            )
+            critic = make_critic(conditioning, *nets).to(device)
+            target_critic = make_critic(conditioning, *nets).to(device)
             actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
         if source:
             transfer(source, critic, actor)
@@ -845,13 +843,11 @@ def main(args: Args):
         target_critic.load_state_dict(critic.state_dict())
         target_critic.requires_grad_(False)
         log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-        adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=args.cudagraphs)
+        capturable = args.cudagraphs  # a CUDA graph needs the optimisers' step counts on the GPU
+        adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=capturable)
         actor_optimizer = torch.optim.AdamW(actor.parameters(), **adamw)
         critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], **adamw)
-        # capturable: a CUDA graph needs the optimisers' step counts on the GPU
-        alpha_optimizer = torch.optim.Adam(
-            [log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), capturable=args.cudagraphs
-        )
+        alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), capturable=capturable)
         optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
         support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
         rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
@@ -866,11 +862,8 @@ def main(args: Args):
         stateful |= {"alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
         if ckpt:
             run_utils.restore_state(ckpt, stateful, rng, device, envs)
-            global_step, obs, episode_returns = (
-                ckpt["global_step"],
-                ckpt["obs"].numpy(),
-                ckpt["episode_returns"].numpy(),
-            )
+            global_step, obs = ckpt["global_step"], ckpt["obs"].numpy()
+            episode_returns = ckpt["episode_returns"].numpy()
             first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
 
         def checkpoint() -> dict:
@@ -947,12 +940,10 @@ def main(args: Args):
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                video_dir = os.path.join(run.dir, "videos", f"step{global_step}") if args.capture_video else None
-                seed = args.seed + global_step
-                stop = lambda: run.stop_requested  # noqa: E731 (Ctrl-C ends the evaluation after its current episode)
-                returns = evaluate(
-                    actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, seed, video_dir, stop
-                )
+                returns = evaluate(  # (Ctrl-C ends it after the current episode)
+                    actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, args.seed + global_step,
+                    run.video_dir(global_step), stop=run.should_stop,
+                )  # fmt: skip
                 run.log_evaluation(global_step, dict(zip(env_ids, returns)), {"mean_return": returns.mean()})
             if run.progress_due(global_step):
                 alpha = log_alpha.exp().item()

@@ -238,6 +238,7 @@ class Run:
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
         self.started = self.stop_requested = False
         self.last_save = time.time()
+        self.learning_since = None  # (step, time) where the updates started, for the ETA
         self.saved = set()  # the checkpoint_step{N}.pt files this process wrote
         self.resources = []  # closed on exit
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -258,6 +259,14 @@ class Run:
         """Close `resource` (e.g. the vector env and its worker processes) when the run exits; returns it."""
         self.resources.append(resource)
         return resource
+
+    def video_dir(self, step: int) -> Optional[str]:
+        """Where --capture-video puts the videos of the evaluation at `step` (None without the flag)."""
+        return os.path.join(self.dir, "videos", f"step{step}") if self.args.capture_video else None
+
+    def should_stop(self) -> bool:
+        """Whether Ctrl-C / SIGTERM / SIGHUP asked the run to stop (long loops such as an evaluation poll it)."""
+        return self.stop_requested
 
     def start(self):
         """The training loop starts: signals now stop it after a step, and the progress clock starts here."""
@@ -299,22 +308,26 @@ class Run:
             raise SystemExit(f"non-finite loss at step {step} (interval means: {means}); state saved to {path}")
 
     def progress_due(self, step: int) -> bool:
-        """A progress line is due every --log-interval steps, and at least once a minute when steps are slow."""
-        return step % self.args.log_interval == 0 or time.time() - self.last_progress[1] >= 60
+        """A progress line is due every --log-interval steps, and at least once a minute when steps are slow (unless
+        the regular line is about to come)."""
+        interval = self.args.log_interval
+        slow = time.time() - self.last_progress[1] >= 60 and step % interval < 0.9 * interval  # not just before a line
+        return step % interval == 0 or slow
 
     def progress(self, step: int, scalars: dict, summary: str):
-        """Print the progress line: steps/s over the interval since the last line and the ETA at that rate once
-        updates run (the random-action phase is much faster, so it says nothing about the rest), then, if updates ran,
-        `summary` formatted with the metrics' interval means and `scalars` (e.g. "critic {losses/critic_loss:.3f}").
-        Everything is logged to TensorBoard too."""
+        """Print the progress line: steps/s over the interval since the last line, and once updates run the ETA at the
+        average rate since they started (evaluations included; the random-action phase before is much faster and says
+        nothing about the rest), then `summary` formatted with the metrics' interval means and `scalars` (e.g.
+        "critic {losses/critic_loss:.3f}"). Everything is logged to TensorBoard too."""
         now = time.time()
         elapsed = max(now - self.last_progress[1], 1e-9)
         sps = (step - self.last_progress[0]) / elapsed
         self.log({"charts/SPS": sps, "charts/updates_per_second": self.metrics_count / elapsed}, step)
-        self.last_progress = (step, now)
         line = f"step {step:,}/{self.total_steps:,} | {sps:.1f} steps/s"
         if self.metrics_count:
-            eta = (self.total_steps - step) / max(sps, 1e-9)
+            self.learning_since = self.learning_since or self.last_progress  # (step, time) the updates started near
+            learning_sps = (step - self.learning_since[0]) / max(now - self.learning_since[1], 1e-9)
+            eta = (self.total_steps - step) / max(learning_sps, 1e-9)
             line += f" | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m"
             values = dict(zip(self.metric_names, (self.metrics_sum / self.metrics_count).tolist())) | scalars
             self.log(values, step)
@@ -323,6 +336,7 @@ class Run:
             self.metrics_count = 0
         else:
             line += " | no updates yet; ETA once they run"
+        self.last_progress = (step, now)
         print(line, flush=True)
 
     def log_evaluation(self, step: int, returns: dict, summary: dict, per_task: Optional[dict] = None):

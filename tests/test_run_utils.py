@@ -140,6 +140,23 @@ def test_progress_prints_and_logs_the_interval_means(clock, signals, capsys):
     assert [value for _, value in logged["charts/updates_per_second"]] == pytest.approx([0.2, 0.0])
 
 
+def test_the_eta_comes_from_the_average_rate_since_the_updates_started(clock, signals, capsys):
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        clock.now += 1
+        run.progress(1000, {}, "a {losses/a:.0f}")  # random actions: 1000 steps/s say nothing about what follows
+        run.add_metrics(torch.tensor([1.0]))
+        clock.now += 100
+        run.progress(2000, {}, "a {losses/a:.0f}")  # learning: 10 steps/s, 34,100 steps to go
+        run.add_metrics(torch.tensor([1.0]))
+        clock.now += 50
+        run.progress(2003, {}, "a {losses/a:.0f}")  # 3 steps, then a 50-second evaluation
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step 1,000/36,100 | 1000.0 steps/s | no updates yet; ETA once they run"
+    assert lines[1] == "step 2,000/36,100 | 10.0 steps/s | ETA 0h56m | a 1"
+    assert lines[2] == "step 2,003/36,100 | 0.1 steps/s | ETA 1h24m | a 1"  # 1,003 steps in 150 s, not 0.06 steps/s
+
+
 def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
     with run_utils.Run("bro_test.py", Args(), "label", ["losses/a", "charts/b"], CPU) as run:
         run.start()
@@ -191,7 +208,7 @@ def test_progress_is_due_every_log_interval_and_at_least_once_a_minute(clock, si
         clock.now += 59
         assert [run.progress_due(step) for step in (99, 100, 200)] == [False, True, True]
         clock.now += 1  # a minute since the last line, in the middle of an interval
-        assert run.progress_due(137)
+        assert run.progress_due(137) and not run.progress_due(195)  # 195: the regular line at 200 is about to come
         run.progress(137, {}, "")
         assert not run.progress_due(138)
 
