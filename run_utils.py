@@ -2,11 +2,14 @@
 
 You never need this file to learn BRC. It holds what any long training run needs (CleanRL keeps the same kind of code
 in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
-  Device and memory ........ torch set-up from the flags, free-memory estimates, where the replay buffer can live
+  Flags, device and memory . valid ranges of the flags, torch set-up, free memory, where the replay buffer lives,
+                             a warning when a CPU will crawl, rendering checks and videos
   Vector envs .............. one env per task, stepped in this process or in worker processes (--async-envs)
-  The run .................. run folder and name, TensorBoard / wandb writer, the progress line (steps/s, ETA),
-                             interval means of the update's metrics and the NaN guard, Ctrl-C / SIGTERM handling
-  Checkpoints .............. atomic save, load with clear errors, config checks, RNG capture and restore
+  The run .................. `Run`: run folder and name, TensorBoard / wandb, the progress line (steps/s, ETA),
+                             interval means of the update's metrics, the NaN guard, guarded env steps, Ctrl-C /
+                             SIGTERM / SIGHUP, periodic and final checkpoints
+  Checkpoints .............. atomic saves with a checksum and a free-space check, loads with clear errors, --resume
+                             with the run's own flags, config checks, RNG capture and restore
   Fast paths ............... --compile (torch.compile) and --cudagraphs (record once, replay) around an update
 """
 
