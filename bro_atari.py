@@ -60,7 +60,7 @@ import run_utils
 
 
 @dataclass
-class Args:
+class AlgorithmArgs:
     # Algorithm
     env_ids: list[str] = field(default_factory=lambda: ["ATARI_5"])
     """ALE games (Pong, Breakout, ...) and suites ATARI_5, ATARI_QUICK (Pong Breakout Boxing), ATARI_100K_26, ATARI_57"""
@@ -123,41 +123,14 @@ class Args:
     clip_rewards: bool = False
     """clip rewards to [-1, 1] (DQN) instead of BRC's per-game reward normalisation"""
 
-    # Running the experiment
+
+@dataclass
+class Args(run_utils.RunArgs, AlgorithmArgs):
+    """Every flag: the algorithm's above, then those that only run the experiment (seed, logging, checkpoints, speed),
+    which bro_atari.py shares (run_utils.RunArgs). A dataclass lists its bases' fields from the right, so --help
+    shows the algorithm's flags first."""
+
     exp_name: str = "bro_atari"
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the networks, the exploration, the replay sampling and the emulators"""
-    torch_deterministic: bool = True
-    """deterministic cuDNN kernels (`torch.backends.cudnn.deterministic`)"""
-    cuda: bool = True
-    """train on CUDA when it is available (--no-cuda: always on the CPU)"""
-    track: bool = False
-    """also log to Weights and Biases (`pip install wandb`)"""
-    wandb_project_name: str = "brc"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """save a video of each game's first evaluation episode to runs/{run_name}/videos/step{N}/{game}.mp4"""
-    save_every: int = 0
-    """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
-    save_minutes: float = 30.0
-    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
-    save_buffer: bool = False
-    """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
-    resume: Optional[str] = None
-    """path of a checkpoint to continue from (its games, head width and encoder width must match this run's)"""
-    log_interval: int = 1000
-    """print progress and write training losses to TensorBoard every N environment steps"""
-    compile: bool = False
-    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
-    cudagraphs: bool = False
-    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
-    bf16: bool = False
-    """(GPU) convolutions and matmuls in bfloat16, TF32 for the rest; LayerNorm, softmax, projection, loss float32"""
-    async_envs: bool = False
-    """step each game's emulator in a worker process during the update (updates then lag one step behind)"""
 
 
 MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
@@ -804,7 +777,7 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
     "weight_decay": ZERO, "epsilon_end": PROBABILITY, "epsilon_decay_steps": ONE, "eval_epsilon": PROBABILITY,
     "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
     "repeat_action_probability": PROBABILITY, "noop_max": ZERO, "max_episode_frames": ONE, "eval_interval": ONE,
-    "eval_episodes": ONE, "seed": run_utils.Range(0, 2**32 - 1), "save_every": ZERO, "save_minutes": run_utils.Range(0), "log_interval": ONE,
+    "eval_episodes": ONE,
 }  # fmt: skip
 
 

@@ -53,7 +53,7 @@ except (ImportError, RuntimeError, AttributeError) as error:
 
 
 @dataclass
-class Args:
+class AlgorithmArgs:
     # Algorithm (defaults: the paper's)
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
     """dm_control ids (dog-run, ...) and suites DMC_HARD (dogs + humanoids) DMC_DOGS DMC_HUMANOIDS DMC_EASY DMC_TINY"""
@@ -110,41 +110,14 @@ class Args:
     freeze_trunk: bool = False
     """with --init-from: keep the pretrained critic trunk fixed (the embeddings, the head and the actor still learn)"""
 
-    # Running the experiment
+
+@dataclass
+class Args(run_utils.RunArgs, AlgorithmArgs):
+    """Every flag: the algorithm's above, then those that only run the experiment (seed, logging, checkpoints, speed),
+    which bro_atari.py shares (run_utils.RunArgs). A dataclass lists its bases' fields from the right, so --help
+    shows the algorithm's flags first."""
+
     exp_name: str = "bro_mt"
-    """the name of this experiment (part of the run name)"""
-    seed: int = 1
-    """seed of the networks, the replay sampling and the environments"""
-    torch_deterministic: bool = True
-    """deterministic cuDNN kernels (`torch.backends.cudnn.deterministic`)"""
-    cuda: bool = True
-    """train on CUDA when it is available (--no-cuda: always on the CPU)"""
-    track: bool = False
-    """also log to Weights and Biases (`pip install wandb`)"""
-    wandb_project_name: str = "brc"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """save a video of each task's first evaluation episode to runs/{run_name}/videos/step{N}/{task}.mp4"""
-    save_every: int = 0
-    """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
-    save_minutes: float = 30.0
-    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
-    save_buffer: bool = False
-    """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
-    resume: Optional[str] = None
-    """path of a checkpoint to continue from (its tasks and critic width must match this run's)"""
-    log_interval: int = 1000
-    """print progress and write training losses to TensorBoard every N environment steps"""
-    compile: bool = False
-    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
-    cudagraphs: bool = False
-    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
-    bf16: bool = False
-    """(GPU) critic matmuls in bfloat16, TF32 for the rest; LayerNorm, softmax, projection and losses stay float32"""
-    async_envs: bool = False
-    """step each task's environment in a worker process during the update (updates then lag one step behind)"""
 
 
 MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1B": 16384}
@@ -750,8 +723,7 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
     "updates_per_step": ONE, "gamma": run_utils.Range(0, 1, high_open=True), "tau": run_utils.Range(0, 1, low_open=True),
     "learning_rate": POSITIVE, "weight_decay": ZERO, "alpha_lr": POSITIVE, "init_temperature": POSITIVE,
     "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
-    "eval_interval": ONE, "eval_episodes": ONE, "max_episode_steps": ONE, "seed": run_utils.Range(0, 2**32 - 1),
-    "save_every": ZERO, "save_minutes": run_utils.Range(0), "log_interval": ONE,
+    "eval_interval": ONE, "eval_episodes": ONE, "max_episode_steps": ONE,
 }  # fmt: skip
 
 

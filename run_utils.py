@@ -62,11 +62,58 @@ class Range:
         return values
 
 
+@dataclasses.dataclass
+class RunArgs:
+    """The flags that only run the experiment, the same in both scripts. Each script's `Args` adds its algorithm's
+    flags and names its experiment; its --help lists the algorithm's flags first."""
+
+    exp_name: str = "brc"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the networks, the exploration, the replay sampling and the environments"""
+    torch_deterministic: bool = True
+    """deterministic cuDNN kernels (`torch.backends.cudnn.deterministic`)"""
+    cuda: bool = True
+    """train on CUDA when it is available (--no-cuda: always on the CPU)"""
+    track: bool = False
+    """also log to Weights and Biases (`pip install wandb`)"""
+    wandb_project_name: str = "brc"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """save a video of each task's first evaluation episode to runs/{run_name}/videos/step{N}/{task}.mp4"""
+    save_every: int = 0
+    """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
+    save_minutes: float = 30.0
+    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
+    save_buffer: bool = False
+    """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
+    resume: Optional[str] = None
+    """a checkpoint (or a run folder: its latest checkpoint) to continue from, with the run's own flags"""
+    log_interval: int = 1000
+    """print progress and write training losses to TensorBoard every N environment steps"""
+    compile: bool = False
+    """torch.compile the update (same numbers as eager up to float rounding; the first update compiles for ~1 min)"""
+    cudagraphs: bool = False
+    """(CUDA) record the update once as a CUDA graph and replay it: no per-kernel launch cost"""
+    bf16: bool = False
+    """(GPU) matmuls and convolutions in bfloat16, TF32 for the rest; LayerNorm, softmax, projection, losses float32"""
+    async_envs: bool = False
+    """step each task's environment in a worker process during the update (updates then lag one step behind)"""
+
+
+RUN_FLAG_RANGES = {  # checked by check_flags together with each script's FLAG_RANGES
+    "seed": Range(0, 2**32 - 1), "save_every": Range(0), "save_minutes": Range(0), "log_interval": Range(1),
+}  # fmt: skip
+
+
 def check_flags(args, ranges: dict, problems: Optional[list] = None):
-    """Refuse, before anything heavy, every flag outside its Range (None means "the default" and passes) and every
+    """Refuse, before anything heavy, every flag outside its Range (`ranges`, then RUN_FLAG_RANGES; None means "the
+    default" and passes) and every
     problem the caller found between flags: one line each, naming the flag, its value and what is valid."""
     problems = list(problems or [])
-    for name, valid in ranges.items():
+    for name, valid in (ranges | RUN_FLAG_RANGES).items():
         value = getattr(args, name)
         if value is not None and value not in valid:
             problems.append(f"{as_flag(name, value)}: must be {valid}")

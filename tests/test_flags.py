@@ -20,6 +20,10 @@ SCRIPTS = {"bro_mt": bro_mt, "bro_atari": bro_atari}
 NUMERIC = (int, float, typing.Optional[int], typing.Optional[float])
 
 
+def ranges(script) -> dict:
+    return script.FLAG_RANGES | run_utils.RUN_FLAG_RANGES  # the script's own, then the run flags' (RunArgs)
+
+
 def numeric_flags(script) -> list[str]:
     hints = typing.get_type_hints(script.Args)
     return [f.name for f in dataclasses.fields(script.Args) if hints[f.name] in NUMERIC]
@@ -28,12 +32,12 @@ def numeric_flags(script) -> list[str]:
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_numeric_flag_has_a_range(name):
     script = SCRIPTS[name]
-    assert set(numeric_flags(script)) == set(script.FLAG_RANGES), "add the new flag's valid values to FLAG_RANGES"
+    assert set(numeric_flags(script)) == set(ranges(script)), "add the new flag's valid values to FLAG_RANGES"
     script.check_args(script.Args())  # the defaults are valid
 
 
 CASES = [(name, flag, value) for name, script in SCRIPTS.items() for flag in numeric_flags(script)
-         for value in script.FLAG_RANGES[flag].just_outside()]  # fmt: skip
+         for value in ranges(script)[flag].just_outside()]  # fmt: skip
 
 
 @pytest.mark.parametrize("name, flag, value", CASES, ids=[f"{n}-{f}-{v}" for n, f, v in CASES])
@@ -44,7 +48,7 @@ def test_a_bad_value_is_refused_naming_the_flag_and_the_range(name, flag, value)
     with pytest.raises(SystemExit) as stop:
         script.check_args(dataclasses.replace(script.Args(), **{flag: value}))
     message = str(stop.value)
-    assert f"{run_utils.as_flag(flag, value)}: must be {script.FLAG_RANGES[flag]}" in message, message
+    assert f"{run_utils.as_flag(flag, value)}: must be {ranges(script)[flag]}" in message, message
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -236,9 +236,12 @@ def test_help_documents_every_flag():
     assert "deterministic evaluation episodes per task" in out and "1M" in out and "1B" in out
     assert "if toggled" not in out and "(default: 1024" not in out  # no wrong or second default
     assert "Example, a small run on a laptop CPU:  python bro_mt.py --env-ids DMC_TINY" in out
+    assert out.index("--env-ids") < out.index("--critic-loss") < out.index("--seed")  # algorithm, ablations, running
     source = open(os.path.join(REPO, "bro_mt.py")).read()
-    args_class = source[source.index("class Args:") : source.index("MODEL_SIZES =")]
-    helps = [line for line in args_class.splitlines() if line.startswith('    """')]
+    helps = [l for l in source[: source.index("class Args(")].splitlines() if l.startswith('    """')]
+    run_source = open(os.path.join(REPO, "run_utils.py")).read()
+    run_args = run_source[run_source.index("class RunArgs:") : run_source.index("RUN_FLAG_RANGES =")]
+    helps += [line for line in run_args.splitlines() if line.startswith('    """')][1:]  # [1:]: the class docstring
     assert len(helps) == len(dataclasses.fields(bro_mt.Args))
     assert all(line.rstrip().endswith('"""') for line in helps), "a flag's help has a line break (wraps mid-phrase)"
     bad = subprocess.run(
