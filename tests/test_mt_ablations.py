@@ -9,22 +9,9 @@ import torch.nn.functional as F
 
 import bro_mt
 
-TINY = dict(
-    env_ids=["DMC_TINY"],
-    critic_width=32,
-    batch_size=32,
-    learning_starts=50,
-    eval_interval=10_000,
-    eval_episodes=1,
-    log_interval=50,
-    max_episode_steps=60,
-    buffer_size=1000,
-)
+from test_mt_train import TINY as TRAIN_TINY
 
-
-@pytest.fixture(autouse=True)
-def in_tmp_dir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+TINY = {**TRAIN_TINY, "eval_interval": 10_000}  # the training tests' tiny run, without its evaluations
 
 
 def run(**overrides) -> dict:

@@ -29,11 +29,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def in_tmp_dir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # runs/ is written relative to the working directory
-
-
 def run(**overrides) -> str:
     return bro_mt.main(bro_mt.Args(**{**TINY, **overrides}))
 

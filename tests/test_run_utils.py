@@ -12,6 +12,7 @@ import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -26,16 +27,15 @@ SUMMARY = "a {losses/a:.1f} b {charts/b:.1f} c {charts/c:.1f}"
 
 
 @dataclass
-class Args:
-    """The fields Run reads (a dataclass, as the scripts' Args: checkpoint_state saves asdict(args))."""
+class Args(run_utils.RunArgs):
+    """A script's Args as Run sees them: the run flags and a few of the algorithm's."""
 
     exp_name: str = "test"
-    seed: int = 1
     total_timesteps: int = 36_100
     log_interval: int = 100
-    save_every: int = 0
-    save_minutes: float = 30.0
-    track: bool = False
+    batch_size: Optional[int] = None
+    gamma: float = 0.99
+    critic_width: Optional[int] = None
 
 
 class Clock:
@@ -46,11 +46,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(autouse=True)
-def in_tmp_dir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # runs/ is created in the working directory
 
 
 @pytest.fixture
@@ -452,11 +447,13 @@ def test_ranges_say_what_is_valid():
     assert [v in gamma for v in (0.0, 0.99, 1.0, -0.1, math.nan, math.inf)] == [True, True, False, False, False, False]
     assert 1 in one and 0 not in one and 1e-9 in positive and 0.0 not in positive
     assert [v for v in gamma.just_outside() if v == v] == [-1, 1] and math.isnan(gamma.just_outside()[0])
-    args = types.SimpleNamespace(batch_size=0, gamma=0.5, critic_width=None)
+    args = Args(batch_size=0, gamma=0.5, critic_width=None, log_interval=0)
     with pytest.raises(SystemExit) as error:
         run_utils.check_flags(args, {"batch_size": one, "gamma": gamma, "critic_width": one}, ["--a and --b clash"])
-    assert str(error.value) == "invalid flags:\n  --a and --b clash\n  --batch-size 0: must be at least 1"
-    assert run_utils.check_flags(types.SimpleNamespace(batch_size=1), {"batch_size": one}) is None
+    assert str(error.value) == (  # the script's flags first, then RunArgs' (RUN_FLAG_RANGES)
+        "invalid flags:\n  --a and --b clash\n  --batch-size 0: must be at least 1\n  --log-interval 0: must be at least 1"
+    )
+    assert run_utils.check_flags(Args(batch_size=1), {"batch_size": one}) is None
 
 
 def test_fast_update_wraps_only_when_asked(monkeypatch):
