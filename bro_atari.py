@@ -385,6 +385,16 @@ class ImpalaEncoder(nn.Module):
         return F.relu(self.stages(frames.float() / 255)).flatten(1)
 
 
+def make_task_embedding(num_tasks: int, embedding_dim: int) -> nn.Embedding:
+    """One learnable vector per task, initialised as flax's nn.Embed (the released code): N(0, 1/embedding_dim) per
+    entry, so each row starts with norm ~1. Only its direction is used (unit-normalised), and Adam moves each entry by
+    about the learning rate whatever the gradient's size: with torch's default N(0, 1) (norm ~sqrt(embedding_dim))
+    the directions would turn ~sqrt(embedding_dim) times slower per update."""
+    embedding = nn.Embedding(num_tasks, embedding_dim)
+    nn.init.normal_(embedding.weight, std=embedding_dim**-0.5)
+    return embedding
+
+
 class QNetwork(nn.Module):
     """Categorical Q-network conditioned on a learnable game embedding.
 
@@ -397,7 +407,7 @@ class QNetwork(nn.Module):
         super().__init__()
         self.num_actions, self.num_bins, self.bf16 = num_actions, num_bins, bf16
         self.encoder = ImpalaEncoder(encoder_width)
-        self.game_embedding = nn.Embedding(num_games, embedding_dim) if num_games > 1 else None
+        self.game_embedding = make_task_embedding(num_games, embedding_dim) if num_games > 1 else None
         self.embedding_dim = embedding_dim if num_games > 1 else 0
         self.trunk = BroNet(1, self.encoder.num_features + self.embedding_dim, width, CRITIC_DEPTH)
         self.head = EnsembleLinear(1, width, num_actions * num_bins)
@@ -960,10 +970,12 @@ def main(args: Args, make_env: Optional[Callable] = None):
             global_step += 1
 
             # -- update (the serial loop; see above for --async-envs) --
-            if not args.async_envs and global_step > first_update_step:
+            if (
+                not args.async_envs and global_step >= first_update_step
+            ):  # the first after `learning_starts` transitions
                 learn()
             copy_target = args.target_network_frequency and global_step % args.target_network_frequency == 0
-            if global_step > first_update_step and copy_target:
+            if global_step >= first_update_step and copy_target:
                 target_network.load_state_dict(q_network.state_dict())
             run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
 

@@ -293,6 +293,16 @@ class BroNet(nn.Module):
         return self.blocks(F.relu(self.norm(self.linear(x))))
 
 
+def make_task_embedding(num_tasks: int, embedding_dim: int) -> nn.Embedding:
+    """One learnable vector per task, initialised as flax's nn.Embed (the released code): N(0, 1/embedding_dim) per
+    entry, so each row starts with norm ~1. Only its direction is used (unit-normalised), and Adam moves each entry by
+    about the learning rate whatever the gradient's size: with torch's default N(0, 1) (norm ~sqrt(embedding_dim))
+    the directions would turn ~sqrt(embedding_dim) times slower per update."""
+    embedding = nn.Embedding(num_tasks, embedding_dim)
+    nn.init.normal_(embedding.weight, std=embedding_dim**-0.5)
+    return embedding
+
+
 class Critic(nn.Module):
     """Categorical critic ensemble conditioned on a learnable task embedding.
 
@@ -310,7 +320,7 @@ class Critic(nn.Module):
         self.conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
         self.members, self.num_tasks, self.num_bins, self.bf16 = members, num_tasks, num_bins, bf16
         has_embedding = self.conditioning == "embedding"
-        self.task_embedding = nn.Embedding(num_tasks, embedding_dim) if has_embedding else None
+        self.task_embedding = make_task_embedding(num_tasks, embedding_dim) if has_embedding else None
         self.embedding_dim = embedding_dim if has_embedding else 0  # the width of embed(): what the actor reads
         self.trunk = BroNet(members, obs_dim + action_dim + self.embedding_dim, width, CRITIC_DEPTH)
         self.head = EnsembleLinear(members, width, num_bins * heads)
@@ -456,20 +466,18 @@ def temperature_loss(log_alpha, log_probs, target_entropy):
 
 
 def update(
-    batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, max_abs_return, support,
+    batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, reward_scales, support,
     gamma, tau, critic_loss_fn=None,
 ) -> torch.Tensor:  # fmt: skip
     """One BRC update in the paper's order: critic -> Polyak target -> actor -> temperature.
 
-    `max_abs_return` None means raw rewards (--no-reward-norm); `critic_loss_fn` (default: critic_loss) is where the
-    MSE ablation plugs in. Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor, with
-    no host sync.
+    `reward_scales` [tasks] divide each task's rewards (reward_scale, computed once per environment step); None means
+    raw rewards (--no-reward-norm). `critic_loss_fn` (default: critic_loss) is where the MSE ablation plugs in.
+    Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor, with no host sync.
     """
     critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
     action_mask = action_masks[batch.task_ids]
-    scale = 1.0
-    if max_abs_return is not None:
-        scale = reward_scale(max_abs_return, log_alpha.detach().exp(), target_entropy, gamma)[batch.task_ids]
+    scale = reward_scales[batch.task_ids] if reward_scales is not None else 1.0
     loss_fn = critic_loss_fn or critic_loss
     loss_q, q_mean = loss_fn(critic, target_critic, actor, log_alpha, batch, action_mask, scale, support, gamma)
     critic_optimizer.zero_grad(set_to_none=True)
@@ -564,7 +572,10 @@ class RewardNormalizer:
 
 
 def reward_scale(max_abs_return, alpha, target_entropy, gamma):
-    """Divisor of each task's rewards: (G_bar_i + alpha*|H_target_i|/(2(1-gamma))) / 10, so returns span ~[-10, 10]."""
+    """Divisor of each task's rewards: (G_bar_i + alpha*|H_target_i|/(2(1-gamma))) / 10, so returns span ~[-10, 10].
+
+    As in the released loop, it is computed once per environment step, with the temperature from before that step's
+    updates, and all of the step's updates use it."""
     return ((max_abs_return + alpha * target_entropy.abs() / (2 * (1 - gamma))) / 10).clamp(min=1e-8)
 
 
@@ -697,9 +708,9 @@ def load_pretrained(path: str, config: dict) -> tuple[dict, int, int]:
 def transfer(ckpt: dict, critic: Critic, actor: Actor):
     """--init-from: copy a pretrained critic (trunk and head) and actor into a run on new tasks.
 
-    Each new task's embedding starts at the mean direction of the pretrained embeddings (an "average known task"
-    that the pretrained head already maps to sensible values) plus noise, so that several new tasks can tell
-    themselves apart. Optimisers, temperature and reward statistics start fresh: the new tasks' returns are new.
+    Each new task's embedding starts at the mean of the pretrained unit embeddings (an "average known task" that the
+    pretrained head already maps to sensible values; its norm, at most 1, is that of a fresh row) plus 10% noise,
+    so that several new tasks can tell themselves apart. Optimisers, temperature and reward statistics start fresh: the new tasks' returns are new.
     """
     pretrained = ckpt["critic"]
     critic.load_state_dict({k: v for k, v in pretrained.items() if k != "task_embedding.weight"}, strict=False)
@@ -845,25 +856,24 @@ def main(args: Args):
                 episode_returns=episode_returns, replay_buffer=buffer,
             )  # fmt: skip
 
-        # The reward scale is changed in place (a CUDA graph reads it from a fixed address); None: --no-reward-norm.
-        max_abs_return = torch.zeros(num_tasks, device=device) if args.reward_norm else None
-        scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+        # Each task's reward divisor, changed in place (a CUDA graph reads it from a fixed address); None: raw rewards.
+        reward_scales = torch.ones(num_tasks, device=device) if args.reward_norm else None
         loss_fn = critic_loss if args.critic_loss == "categorical" else mse_critic_loss
 
         def update_step(batch: Batch) -> torch.Tensor:
             return update(
                 batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy,
-                max_abs_return, support, args.gamma, args.tau, loss_fn,
+                reward_scales, support, args.gamma, args.tau, loss_fn,
             )  # fmt: skip
 
         update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
         def learn():
-            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-            nonlocal scale_stale
-            if args.reward_norm and (scale_stale or normalizer.needs_fallback()):
-                max_abs_return.copy_(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32))
-                scale_stale = False
+            """-- update --: this step's reward scales (with the temperature before its updates), then
+            `updates_per_step` updates on fresh batches."""
+            if args.reward_norm:
+                g_bar = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
+                reward_scales.copy_(reward_scale(g_bar, log_alpha.detach().exp(), target_entropy, args.gamma))
             for _ in range(args.updates_per_step):
                 run.add_metrics(update_step(rb.sample(batch_size, device)))
 
@@ -898,7 +908,7 @@ def main(args: Args):
                     real_next_obs[i] = infos["final_obs"][i]
                     normalizer.end_episode(i, bool(terminations[i]))
                     run.log({f"charts/episodic_return/{env_ids[i]}": episode_returns[i]}, global_step)
-                    episode_returns[i], scale_stale = 0, True
+                    episode_returns[i] = 0
 
             # -- store (the true final observation, even when the episode ended) --
             rb.add(obs, actions, rewards, real_next_obs, terminations)
@@ -906,7 +916,9 @@ def main(args: Args):
             global_step += 1
 
             # -- update (the serial loop; see above for --async-envs) --
-            if not args.async_envs and global_step > first_update_step:
+            if (
+                not args.async_envs and global_step >= first_update_step
+            ):  # the first after `learning_starts` transitions
                 learn()
             run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
 
@@ -918,11 +930,9 @@ def main(args: Args):
                 )  # fmt: skip
                 run.log_evaluation(global_step, dict(zip(env_ids, returns)), {"mean_return": returns.mean()})
             if run.progress_due(global_step):
-                alpha = log_alpha.exp().item()
-                scalars = {"charts/alpha": alpha}
-                if args.reward_norm:
-                    scales = reward_scale(max_abs_return, alpha, target_entropy, args.gamma).tolist()
-                    scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, scales)}
+                scalars = {"charts/alpha": log_alpha.exp().item()}
+                if args.reward_norm:  # the scales the last updates used
+                    scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, reward_scales.tolist())}
                 run.progress(global_step, scalars, PROGRESS)
             if run.save_due(global_step):
                 run.save(global_step, checkpoint)

@@ -82,10 +82,11 @@ def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags
     masks = torch.ones(num_tasks, action_dim, device=device)
     entropy = torch.full((num_tasks,), -action_dim / 2, device=device)
     support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)
+    scales = bro_mt.reward_scale(g_bar, 0.1, entropy, 0.99)  # the training loop computes them once per env step
 
     def update_step(batch):
         return bro_mt.update(
-            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, g_bar, support, 0.99, 0.005
+            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, support, 0.99, 0.005
         )
 
     batch = bro_mt.Batch(

@@ -33,14 +33,12 @@ def make_learner(device="cpu", bf16=False, capturable=False):
     masks = torch.ones(TASKS, ACT, device=device)
     masks[0, 2] = 0  # task 0 has two action dims
     entropy = -masks.sum(-1) / 2
-    support, max_abs_return = (
-        torch.linspace(-10, 10, 101, device=device),
-        torch.tensor([5.0, 50.0, 500.0], device=device),
-    )
+    support = torch.linspace(-10, 10, 101, device=device)
+    scales = bro_mt.reward_scale(torch.tensor([5.0, 50.0, 500.0], device=device), 0.1, entropy, 0.99)
 
     def update_step(batch):
         return bro_mt.update(
-            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, max_abs_return, support, 0.99, 0.005
+            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, support, 0.99, 0.005
         )
 
     return update_step, (critic, target, actor, log_alpha)
@@ -138,7 +136,8 @@ def test_main_wires_the_flags(monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)
     ckpt = torch.load(run(total_timesteps=60, compile=True, bf16=True), weights_only=True)
-    assert len(compiled) == 1 and ckpt["critic_optimizer"]["state"][0]["step"].item() == 2 * 10
+    # updates run from the step that stores the 50th (learning_starts) transition to the 60th: 11 steps x 2
+    assert len(compiled) == 1 and ckpt["critic_optimizer"]["state"][0]["step"].item() == 2 * 11
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="--cudagraphs .* needs a CUDA GPU"):
             run(total_timesteps=60, cudagraphs=True)
@@ -177,7 +176,8 @@ def test_async_envs_run_learns_and_resumes_exactly():
     full = torch.load(run(total_timesteps=120, save_buffer=True, async_envs=True), weights_only=True)
     half = run(total_timesteps=80, save_buffer=True, async_envs=True)
     resumed = torch.load(run(total_timesteps=120, save_buffer=True, async_envs=True, resume=half), weights_only=True)
-    # Updates start at step learning_starts (one step earlier than the serial loop, whose update follows the store).
+    # Updates run during steps 50..119, each on the transitions stored before it (the serial loop, which updates
+    # after each store, runs them at steps 50..120).
     assert full["critic_optimizer"]["state"][0]["step"].item() == 2 * (120 - 50)
     for key in ["actor", "critic"]:
         for name, value in full[key].items():

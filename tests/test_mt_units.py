@@ -254,6 +254,46 @@ def test_task_embedding_is_unit_norm():
     torch.testing.assert_close(e, raw / raw.norm(dim=-1, keepdim=True))
 
 
+def test_task_embedding_starts_as_flax_and_turns_at_adams_pace():
+    """Rows start N(0, 1/d) per entry (flax's nn.Embed), so with norm ~1. Adam's first step moves every entry of a
+    task in the batch by the learning rate whatever the gradient's size, so a row turns in inverse proportion to its
+    norm: the same rows scaled to torch's default size (norm ~sqrt(d)) turn ~sqrt(d) times slower."""
+    torch.manual_seed(0)
+    table = bro_mt.make_task_embedding(400, 32).weight.detach()
+    assert abs(table.std().item() - 32**-0.5) < 0.01 and abs(table.norm(dim=-1).mean().item() - 1) < 0.03
+
+    def turn_after_one_update(scale: float):
+        torch.manual_seed(1)
+        critic, actor = Critic(5, 2, 3, 16, embedding_dim=32), Actor(5, 2, 32)
+        with torch.no_grad():
+            critic.task_embedding.weight.mul_(scale)
+        before = critic.task_embedding.weight.detach().clone()
+        log_alpha = torch.tensor(math.log(0.1), requires_grad=True)
+        optimizers = (
+            torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4),
+            torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4),
+            torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999)),
+        )
+        g = torch.Generator().manual_seed(2)
+        batch = Batch(torch.randn(64, 5, generator=g), torch.rand(64, 2, generator=g) * 2 - 1,
+                      torch.randn(64, generator=g), torch.randn(64, 5, generator=g), torch.zeros(64),
+                      torch.arange(64) % 3)  # fmt: skip
+        target = Critic(5, 2, 3, 16, embedding_dim=32).requires_grad_(False)
+        masks, support = torch.ones(3, 2), torch.linspace(-10, 10, 101)
+        bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, -masks.sum(-1) / 2, None, support,
+                      0.99, 0.005)  # fmt: skip
+        after = critic.task_embedding.weight.detach()
+        cosine = F.cosine_similarity(before.double(), after.double(), dim=-1).clamp(max=1)  # float64: tiny angles
+        return after - before, torch.rad2deg(torch.acos(cosine)), before.norm(dim=-1)
+
+    step, turn, norm = turn_after_one_update(1.0)
+    # AdamW's first step: lr * sign(gradient) (|gradient| >> eps here), plus weight decay lr * 1e-4 * entry
+    torch.testing.assert_close(step.abs(), torch.full_like(step, 3e-4), rtol=0.01, atol=0)
+    _, slow_turn, slow_norm = turn_after_one_update(32**0.5)
+    torch.testing.assert_close(slow_norm / norm, torch.full_like(norm, 32**0.5))
+    torch.testing.assert_close(turn / slow_turn, (slow_norm / norm).double(), rtol=0.02, atol=0)
+
+
 def hand_member_count(in_features, width, bins=101, depth=2):
     stem = in_features * width + width + 2 * width
     block = 2 * (width * width + width) + 2 * 2 * width
@@ -518,6 +558,34 @@ def test_reward_scale_formula():
     torch.testing.assert_close(scale, torch.tensor([3.35, 12.5]))
     scale_t = reward_scale(g_bar, torch.tensor(alpha), target_entropy, gamma)  # alpha as a tensor, as in training
     torch.testing.assert_close(scale_t, torch.tensor([3.35, 12.5]))
+
+
+def test_reward_scale_once_per_step_with_the_temperature_before_its_updates(monkeypatch):
+    """As the released loop: every update of one environment step divides by the same scale, computed from that
+    step's G_bar and the temperature before the step's first update (the second update's own temperature would give
+    another scale)."""
+    events, real_update, real_g_bar = [], bro_mt.update, RewardNormalizer.max_abs_return
+
+    def spy_update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, *rest):
+        events.append(("update", scales.clone(), log_alpha.detach().clone()))
+        return real_update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, *rest)
+
+    def spy_g_bar(normalizer):
+        events.append(("g_bar", real_g_bar(normalizer)))
+        return events[-1][1]
+
+    monkeypatch.setattr(bro_mt, "update", spy_update)
+    monkeypatch.setattr(RewardNormalizer, "max_abs_return", spy_g_bar)
+    bro_mt.main(bro_mt.Args(env_ids=["DMC_TINY"], critic_width=16, batch_size=16, learning_starts=20,
+                            total_timesteps=24, max_episode_steps=8, eval_interval=10**6, save_minutes=0))  # fmt: skip
+    assert [e[0] for e in events] == ["g_bar", "update", "update"] * 5  # steps 20..24
+    target_entropy = torch.tensor([-0.5, -1.0])  # cartpole-balance: 1 action dim, point_mass-easy: 2
+    for (_, g_bar), (_, first, alpha_first), (_, second, alpha_second) in zip(*[iter(events)] * 3):
+        hand = (torch.tensor(g_bar, dtype=torch.float32) + alpha_first.exp() * 0.5 * target_entropy.abs() / 0.01) / 10
+        torch.testing.assert_close(first, hand, rtol=1e-6, atol=0)
+        assert torch.equal(first, second) and alpha_first != alpha_second
+        assert not torch.equal(reward_scale(torch.tensor(g_bar, dtype=torch.float32), alpha_second.exp(),
+                                            target_entropy, 0.99), first)  # fmt: skip
 
 
 def test_normalizer_state_dict_round_trip():

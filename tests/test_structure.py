@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Written once in bro_mt.py and copied into bro_atari.py (each script stands alone): the copies must not drift.
 SHARED = ["EnsembleLinear", "EnsembleLayerNorm", "BroNetBlock", "BroNet", "categorical_projection", "returns_to_go"]
-SHARED += ["RewardNormalizer"]
+SHARED += ["RewardNormalizer", "make_task_embedding"]
 
 
 def parse(script: str) -> tuple[str, ast.Module]:
