@@ -486,21 +486,27 @@ def update(
     with torch.no_grad():
         torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
 
-    trainable = [p for p in critic.parameters() if p.requires_grad]
-    for p in trainable:  # the actor's loss needs gradients through the critic, not of its weights
-        p.requires_grad_(False)
     loss_pi, log_probs = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, action_mask, support)
     actor_optimizer.zero_grad(set_to_none=True)
-    loss_pi.backward()
+    loss_pi.backward(inputs=list(actor.parameters()))  # through the critic, but gradients for the actor's weights only
     actor_optimizer.step()
-    for p in trainable:
-        p.requires_grad_(True)
 
     loss_alpha = temperature_loss(log_alpha, log_probs, target_entropy[batch.task_ids])
     alpha_optimizer.zero_grad(set_to_none=True)
     loss_alpha.backward()
     alpha_optimizer.step()
     return torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
+
+
+def make_optimizers(critic, actor, log_alpha, lr, weight_decay, alpha_lr, capturable=False) -> tuple:
+    """AdamW for the critic (its trainable weights, task embedding included) and for the actor; Adam with betas
+    (0.5, 0.999) for the temperature. foreach: one kernel for all tensors of a step (torch's default only on GPUs;
+    the same numbers). capturable keeps the step counts on the GPU, which a CUDA graph (--cudagraphs) needs."""
+    adamw = dict(lr=lr, weight_decay=weight_decay, foreach=True, capturable=capturable)
+    critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], **adamw)
+    actor_optimizer = torch.optim.AdamW(actor.parameters(), **adamw)
+    alpha_optimizer = torch.optim.Adam([log_alpha], alpha_lr, betas=(0.5, 0.999), foreach=True, capturable=capturable)
+    return critic_optimizer, actor_optimizer, alpha_optimizer
 
 
 METRICS = ["losses/critic_loss", "losses/actor_loss", "losses/alpha_loss", "charts/entropy", "charts/q_mean"]
@@ -826,12 +832,10 @@ def main(args: Args):
         target_critic.load_state_dict(critic.state_dict())
         target_critic.requires_grad_(False)
         log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-        capturable = args.cudagraphs  # a CUDA graph needs the optimisers' step counts on the GPU
-        adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, capturable=capturable)
-        actor_optimizer = torch.optim.AdamW(actor.parameters(), **adamw)
-        critic_optimizer = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], **adamw)
-        alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(0.5, 0.999), capturable=capturable)
-        optimizers = (critic_optimizer, actor_optimizer, alpha_optimizer)
+        optimizers = make_optimizers(
+            critic, actor, log_alpha, args.learning_rate, args.weight_decay, args.alpha_lr, args.cudagraphs
+        )
+        critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
         support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
         rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
         normalizer = RewardNormalizer(num_tasks, args.gamma)

@@ -73,12 +73,7 @@ def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags
     target.requires_grad_(False)
     actor = bro_mt.Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
-    graph = {"capturable": flags.get("cudagraphs", False)}
-    optimizers = (
-        torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, **graph),
-        torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, **graph),
-        torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), **graph),
-    )
+    optimizers = bro_mt.make_optimizers(critic, actor, log_alpha, 3e-4, 1e-4, 3e-4, flags.get("cudagraphs", False))
     masks = torch.ones(num_tasks, action_dim, device=device)
     entropy = torch.full((num_tasks,), -action_dim / 2, device=device)
     support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)

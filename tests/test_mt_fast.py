@@ -25,11 +25,7 @@ def make_learner(device="cpu", bf16=False, capturable=False):
     target = copy.deepcopy(critic).requires_grad_(False)
     actor = bro_mt.Actor(OBS, ACT, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
-    optimizers = (
-        torch.optim.AdamW(critic.parameters(), 3e-4, weight_decay=1e-4, capturable=capturable),
-        torch.optim.AdamW(actor.parameters(), 3e-4, weight_decay=1e-4, capturable=capturable),
-        torch.optim.Adam([log_alpha], 3e-4, betas=(0.5, 0.999), capturable=capturable),
-    )
+    optimizers = bro_mt.make_optimizers(critic, actor, log_alpha, 3e-4, 1e-4, 3e-4, capturable)
     masks = torch.ones(TASKS, ACT, device=device)
     masks[0, 2] = 0  # task 0 has two action dims
     entropy = -masks.sum(-1) / 2

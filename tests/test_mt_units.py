@@ -801,8 +801,7 @@ def test_actor_loss_value_and_detached_embedding(monkeypatch):
         return original(obs, task_embedding, action_mask)
 
     monkeypatch.setattr(actor, "sample", spy)
-    critic.requires_grad_(False)  # as in the training loop
-    torch.manual_seed(4)
+    torch.manual_seed(4)  # the critic's weights require gradients, as in update(): the detach alone cuts the path
     loss, log_probs = actor_loss(actor, critic, log_alpha, b.obs, b.task_ids, mask, support)
     assert len(seen) == 1 and not seen[0].requires_grad  # the actor reads a detached embedding
     torch.testing.assert_close(seen[0], critic.embed(b.task_ids))
@@ -818,7 +817,7 @@ def test_actor_loss_value_and_detached_embedding(monkeypatch):
     torch.testing.assert_close(log_probs, logp)
     assert not log_probs.requires_grad
 
-    loss.backward()
+    loss.backward(inputs=list(actor.parameters()))  # as in update(): gradients for the actor's weights only
     for name, p in actor.named_parameters():
         assert p.grad is not None, name
     assert actor.mean.weight.grad.abs().sum() > 0 and actor.trunk.linear.weight.grad.abs().sum() > 0
