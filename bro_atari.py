@@ -43,9 +43,13 @@ set-up, vector envs) lives in run_utils.py; you never need to read it to learn t
 
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Literal, NamedTuple, Optional
+
+# Idle OpenMP threads sleep rather than spin (read when torch loads): spinning ones on a busy core slow every update.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import ale_py
 import gymnasium as gym
@@ -857,9 +861,10 @@ def main(args: Args, make_env: Optional[Callable] = None):
         f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
         f"{counts['head']:,}, game embedding {counts['game_embedding']:,}); batch {batch_size}"
     )
-    buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
     encoder_macs = 53e6 * (args.encoder_width / 16) ** 2  # one sample's convolutions (53M at Impala's width 16)
     update_gflop = 10 * batch_size * (encoder_macs + counts["head"]) / 1e9  # ~5 forward passes, 2 FLOP/MAC
+    run_utils.set_threads(device, args.threads, update_gflop)
+    buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --model-size 1M --batch-size 32")
 
     label = env_ids[0] if num_games == 1 else f"{num_games}games"

@@ -32,6 +32,8 @@ from typing import Literal, NamedTuple, Optional
 # MuJoCo picks its rendering backend when dm_control is imported. EGL renders headless on GPUs and most Linux
 # machines; set MUJOCO_GL=osmesa (Debian: libosmesa6) where EGL is missing.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Idle OpenMP threads sleep rather than spin (read when torch loads): spinning ones on a busy core slow every update.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
 import numpy as np
@@ -806,8 +808,9 @@ def main(args: Args):
         f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
         f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}; batch {batch_size}"
     )
-    buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
     update_gflop = 13 * ENSEMBLE_SIZE * batch_size * counts["critic_member"] / 1e9  # ~6.5 forward passes, 2 FLOP/MAC
+    run_utils.set_threads(device, args.threads, update_gflop)
+    buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --critic-width 128 --batch-size 128")
     if args.capture_video:
         run_utils.check_rendering(eval_envs[0].render)

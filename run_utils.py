@@ -101,10 +101,13 @@ class RunArgs:
     """(GPU) matmuls and convolutions in bfloat16, TF32 for the rest; LayerNorm, softmax, projection, losses float32"""
     async_envs: bool = False
     """step each task's environment in a worker process during the update (updates then lag one step behind)"""
+    threads: Optional[int] = None
+    """CPU threads for torch (None: automatic, 1 for small updates, else one per core or OMP_NUM_THREADS)"""
 
 
 RUN_FLAG_RANGES = {  # checked by check_flags together with each script's FLAG_RANGES
     "seed": Range(0, 2**32 - 1), "save_every": Range(0), "save_minutes": Range(0), "log_interval": Range(1),
+    "threads": Range(1),
 }  # fmt: skip
 
 
@@ -133,6 +136,23 @@ def setup_torch(seed: int, cuda: bool, torch_deterministic: bool, cudagraphs: bo
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(seed)
     return device
+
+
+SMALL_UPDATE_GFLOP = 1.0  # below it one thread beats several (benchmarks/RESULTS.md, "Threads")
+
+
+def set_threads(device: torch.device, threads: Optional[int], gflop_per_update: float):
+    """--threads: torch's CPU thread count, set before anything runs. Automatic (None): one thread for updates under
+    SMALL_UPDATE_GFLOP, where handing work to more threads costs more than it saves; else torch's default (one per
+    core, or OMP_NUM_THREADS when set). Either way idle threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE,
+    which each script sets before torch loads): threads spinning on a core that another program uses made every
+    update up to ~15x slower."""
+    if device.type != "cpu":
+        return
+    if threads is None and gflop_per_update < SMALL_UPDATE_GFLOP and "OMP_NUM_THREADS" not in os.environ:
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def available_memory(device: torch.device) -> int:
@@ -595,7 +615,7 @@ def checkpoint_state(run: Run, config: dict, step: int, stateful: dict, rng, dev
 RESUMABLE_CHANGES = {
     "total_timesteps", "resume", "save_every", "save_minutes", "save_buffer", "log_interval", "eval_interval", "eval_episodes",
     "eval_epsilon", "capture_video", "track", "wandb_project_name", "wandb_entity", "exp_name", "cuda",
-    "torch_deterministic", "compile", "cudagraphs", "bf16", "async_envs",
+    "torch_deterministic", "compile", "cudagraphs", "bf16", "async_envs", "threads",
 }  # fmt: skip
 
 

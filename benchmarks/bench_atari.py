@@ -28,7 +28,9 @@ import sys
 import time
 from functools import partial
 
-import gymnasium as gym
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the scripts set it, before torch loads OpenMP
+
+import gymnasium as gym  # noqa: E402
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode

@@ -25,7 +25,9 @@ import sys
 import tempfile
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the scripts set it, before torch loads OpenMP
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_mt  # noqa: E402

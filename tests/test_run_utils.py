@@ -501,3 +501,22 @@ def test_cuda_graph_update_matches_eager():
     assert graphed.graph is not None
     for eager, graph in zip(eager_model.parameters(), graph_model.parameters()):
         torch.testing.assert_close(graph, eager)
+
+
+def test_set_threads_one_for_small_updates_else_the_flag_or_torchs_default(monkeypatch):
+    cpu, small, before = torch.device("cpu"), run_utils.SMALL_UPDATE_GFLOP / 2, torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        run_utils.set_threads(cpu, None, 2 * run_utils.SMALL_UPDATE_GFLOP)  # large: torch's default stays
+        assert torch.get_num_threads() == 2
+        run_utils.set_threads(cpu, None, small)
+        assert torch.get_num_threads() == 1
+        run_utils.set_threads(cpu, 3, small)  # --threads wins
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's OMP_NUM_THREADS wins over the automatic rule
+        run_utils.set_threads(cpu, None, small)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -120,3 +120,11 @@ def check_reads_as_the_algorithm(script: str, sections: list[str]):
 @pytest.mark.parametrize("script", ["bro_mt.py"])
 def test_main_reads_as_the_algorithm(script):
     check_reads_as_the_algorithm(script, SECTIONS[script])
+
+
+@pytest.mark.parametrize("script", ["bro_mt.py", "bro_atari.py"])
+def test_openmp_wait_policy_is_set_before_torch_loads(script):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the default must be set above `import torch`."""
+    source = open(os.path.join(REPO, script)).read()
+    setting = source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")')
+    assert setting < source.index("\nimport torch\n") and setting < source.index("\nimport run_utils\n")
