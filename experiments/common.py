@@ -170,7 +170,7 @@ def eval_rows(job: Job, run_dir: str, start: float) -> list[dict]:
                     "task": task,
                     "step": e.step,
                     "return": round(e.value / job.reward_scales.get(task, 1.0), 2),
-                    "updates": max(0, e.step - starts) * ups,
+                    "updates": max(0, e.step - starts + 1) * ups,  # updates from the step storing the starts-th
                     "wall_s": round(e.wall_time - start, 1),
                 }
             )
@@ -201,7 +201,7 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
             if result["interrupted"]:  # not recorded, so that the next invocation trains it again
                 print(f"  interrupted {job.run}: not written to the CSV", flush=True)
                 continue
-            expected = max(0, job.args["total_timesteps"] - job.args["learning_starts"]) * job.args["updates_per_step"]
+            expected = max(0, job.args["total_timesteps"] - job.args["learning_starts"] + 1) * job.args["updates_per_step"]
             if result["updates"] is not None and result["updates"] != expected:
                 print(f"  warning: {job.run} did {result['updates']} updates, expected {expected}")
             append_csv(csv_path, result["rows"])
