@@ -3,6 +3,8 @@
     python benchmarks/bench_mt.py --presets 1M --threads 1                 # CPU: eager, compile, bf16
     python benchmarks/bench_mt.py --presets 1M 4M 16M 64M 256M --loop      # a GPU: all four modes
     python benchmarks/bench_mt.py --widths 256 --batch-size 256 --threads 2 --modes eager compile
+    python benchmarks/bench_mt.py --presets --widths 64 128 256 512 --batch-sizes 128 256 1024 --obs-dim 5 \
+        --action-dim 2 --num-tasks 2 --threads 1 --modes eager compile --markdown      # small critics on a CPU core
 
 Modes: eager (the reference), compile (--compile), cudagraphs (--compile --cudagraphs), bf16 (--compile --cudagraphs
 --bf16 on CUDA; --compile --bf16 on a CPU). Every cell runs in a fresh process, so that compile caches and peak
@@ -13,7 +15,8 @@ data of dog-sized inputs (observation 223, action 38, 7 tasks, batch 1024 unless
 come from the layer shapes (`update_flops`, checked against torch's FLOP counter at start-up). With --loop, the
 real training loop (bro_mt.main on DMC_HARD with the mode's flags) is timed over --loop-steps steps after
 learning starts and warm-up; that is the rate a run would see (1M-transition replay aside: the benchmark keeps a
-small one).
+small one). On a CPU, "% matmul" compares the update's FLOP/s with a large float32 matmul's on the same threads
+(the most those threads reach). --markdown prints the table as markdown, to paste into benchmarks/RESULTS.md.
 """
 
 import argparse
@@ -95,6 +98,32 @@ def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags
         torch.randint(num_tasks, (batch_size,), device=device),
     )
     return run_utils.fast_update(update_step, flags.get("compile", False), flags.get("cudagraphs", False)), batch
+
+
+def matmul_gflops(size: int = 1024, seconds: float = 3.0) -> float:
+    """GFLOP/s of a large float32 matmul on torch's current threads: about the most those cores reach."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+class Table:
+    """Rows printed as they come: aligned text, or markdown (--markdown) to paste into RESULTS.md."""
+
+    def __init__(self, header: list, markdown: bool):
+        self.markdown = markdown
+        if markdown:
+            print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+        else:
+            self.row(header)
+
+    def row(self, cells: list):
+        cells = [str(c) for c in cells]
+        print(("| " + " | ".join(cells) + " |") if self.markdown else " ".join(f"{c:>10}" for c in cells), flush=True)
 
 
 def sync(device):
@@ -208,6 +237,8 @@ if __name__ == "__main__":
     parser.add_argument("--widths", nargs="*", type=int, default=[], help="extra critic widths to time")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="several batch sizes (instead of --batch-size)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--obs-dim", type=int, default=223, help="padded observation size (dog: 223)")
     parser.add_argument("--action-dim", type=int, default=38, help="padded action size (dog: 38)")
     parser.add_argument("--num-tasks", type=int, default=7)
@@ -233,40 +264,46 @@ if __name__ == "__main__":
     device = torch.device(args.device)
     check_flop_formula()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    batch_sizes = args.batch_sizes or [args.batch_size]
     print(
-        f"torch {torch.__version__}, {name}; batch {args.batch_size}, obs {args.obs_dim}, action {args.action_dim}, "
-        f"{args.num_tasks} tasks; FLOP formula checked against torch's counter"
+        f"torch {torch.__version__}, {name}; batch {' / '.join(map(str, batch_sizes))}, obs {args.obs_dim}, action "
+        f"{args.action_dim}, {args.num_tasks} tasks; FLOP formula checked against torch's counter"
     )
+    matmul = matmul_gflops() if device.type == "cpu" else None
+    if matmul:
+        print(f"a 1024x1024x1024 float32 matmul on these {torch.get_num_threads()} thread(s): {matmul:.1f} GFLOP/s")
     if args.envs:
         serial, workers = (time_envs(args.env_ids, a, args.seconds) for a in (False, True))
         print(
             f"environments {' '.join(args.env_ids)} on {os.cpu_count()} cores: serial {serial:.1f} steps/s, "
             f"--async-envs {workers:.1f} steps/s ({workers / serial:.2f}x)"
         )
-    print(
-        f"{'preset':>7} {'width':>6} {'mode':>10} {'GFLOP/upd':>10} {'updates/s':>10} {'TFLOP/s':>8} "
-        f"{'loop steps/s':>13} {'peak GiB':>9} {'warm-up s':>10}"
-    )
-    for preset, width in [(p, bro_mt.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]:
-        flops = update_flops(args.obs_dim, args.action_dim, args.num_tasks, width, args.batch_size)
+    header = ["preset", "width", "batch", "mode", "GFLOP/upd", "updates/s", "TFLOP/s", "% matmul", "loop steps/s"]
+    header += ["peak GiB", "warm-up s"]
+    table = Table(header, args.markdown)
+    cells = [(p, bro_mt.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]
+    for (preset, width), batch_size in [(cell, b) for cell in cells for b in batch_sizes]:
+        flops = update_flops(args.obs_dim, args.action_dim, args.num_tasks, width, batch_size)
         for mode in args.modes:
-            row = f"{preset:>7} {width:>6} {mode:>10} {flops / 1e9:>10.1f}"
+            row = [preset, width, batch_size, mode, f"{flops / 1e9:.2f}"]
             if MODES[mode].get("cudagraphs") and device.type != "cuda" and mode != "bf16":
-                print(f"{row}  n/a: CUDA graphs need a CUDA GPU", flush=True)
+                table.row(row + ["n/a: CUDA graphs need a CUDA GPU"])
                 continue
-            child = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--width", str(width)] + sys.argv[1:]
+            child = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--width", str(width)]
+            child += sys.argv[1:] + ["--batch-size", str(batch_size), "--batch-sizes", str(batch_size)]
             out = subprocess.run(child, capture_output=True, text=True)
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
-                error = (out.stderr.strip().splitlines() or ["no output"])[-1]
-                print(f"{row}  failed: {error}", flush=True)
+                table.row(row + ["failed: " + (out.stderr.strip().splitlines() or ["no output"])[-1]])
                 continue
             r = json.loads(line[len("RESULT ") :])
-            loop = f"{r['loop_steps_per_s']:>13.2f}" if "loop_steps_per_s" in r else f"{'-':>13}"
-            print(
-                f"{row} {r['updates_per_s']:>10.2f} {flops * r['updates_per_s'] / 1e12:>8.3f} {loop} "
-                f"{r['peak_gib']:>9.2f} {r['warmup_s']:>10.1f}",
-                flush=True,
+            achieved = flops * r["updates_per_s"] / 1e9  # GFLOP/s
+            share = f"{100 * achieved / matmul:.0f}%" if matmul else "-"
+            loop = f"{r['loop_steps_per_s']:.2f}" if "loop_steps_per_s" in r else "-"
+            table.row(
+                row
+                + [f"{r['updates_per_s']:.2f}", f"{achieved / 1e3:.3f}", share, loop, f"{r['peak_gib']:.2f}"]
+                + [f"{r['warmup_s']:.1f}"]
             )
     if device.type != "cuda":
         print("CPU: bf16 = --compile --bf16; peak GiB = the process's peak resident memory")
