@@ -21,6 +21,7 @@ import sys
 # Import the real scripts from the repository root, whether Jupyter runs in notebooks/ or in the root.
 ROOT = os.path.abspath(".." if os.path.exists(os.path.join("..", "bro_mt.py")) else ".")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,10 +40,13 @@ from bro_mt import (
     q_value,
     reward_scale,
 )
+from exercises import answer_or_solution
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # the networks here are tiny: one thread is as fast and leaves the other cores free
-plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3})
+plt.rcParams.update(
+    {"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3, "font.size": 12}
+)
 
 # %% [markdown]
 # ## The support
@@ -325,6 +329,7 @@ for scale_name, scale in scales.items():
     top = categorical_projection(atoms, uniform, support)[:, -1].mean().item()
     print(f"task B, {scale_name:<11}: {100 * top:5.1f}% of the target mass lands on v_max")
 
+
 # %% [markdown]
 # ## Change it yourself
 #
@@ -334,3 +339,33 @@ for scale_name, scale in scales.items():
 #   `--no-reward-norm` (or `Args(critic_loss="mse", reward_norm=False)` in notebook 5) to compare training runs.
 # - The projection: `categorical_projection` is the one function every target goes through; its tests in
 #   `tests/test_mt_units.py` compare it against a plain Python loop.
+
+# %% [markdown]
+# ## Exercise: write the projection yourself
+#
+# Write `my_projection(target_atoms, probs, support)` without looking at `categorical_projection`: for every row $b$
+# and atom $j$, clip `target_atoms[b, j]` to $[v_{min}, v_{max}]$, compute its fractional index
+# $(\hat z - v_{min}) / \Delta z$, and split `probs[b, j]` between the two support atoms around it, as in the
+# formula above. A plain Python loop is fine. The next cell compares your function with the script's on random
+# batches that include atoms beyond both ends of the support and atoms exactly on it. While your stub still raises
+# `NotImplementedError` the check runs on the reference solution, `notebooks/solutions/01_categorical_critic.py`
+# (read it after trying).
+
+
+# %% tags=["exercise"]
+def my_projection(target_atoms, probs, support):
+    # YOUR CODE HERE: return the projected distribution, [batch, bins] like probs
+    raise NotImplementedError
+
+
+# %% tags=["check"]
+answer = answer_or_solution(my_projection, "01_categorical_critic")
+check_support = torch.linspace(-10, 10, 101)
+generator = torch.Generator().manual_seed(0)
+for trial in range(5):
+    atoms = torch.randn(4, 101, generator=generator) * 8  # some beyond v_min and v_max
+    atoms[:, ::10] = check_support[::10]  # some exactly on a support atom
+    probs = torch.rand(4, 101, generator=generator).softmax(-1)
+    expected = categorical_projection(atoms, probs, check_support)
+    torch.testing.assert_close(answer(atoms, probs, check_support), expected, atol=1e-5, rtol=1e-4)
+print("my_projection agrees with categorical_projection on 5 random batches")

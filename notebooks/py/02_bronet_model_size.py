@@ -19,6 +19,7 @@ import sys
 # Import the real scripts from the repository root, whether Jupyter runs in notebooks/ or in the root.
 ROOT = os.path.abspath(".." if os.path.exists(os.path.join("..", "bro_mt.py")) else ".")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import time
 
@@ -34,6 +35,7 @@ from bro_mt import (
     MODEL_SIZES,
     Args,
     BroNet,
+    BroNetBlock,
     Critic,
     DMCEnv,
     RewardNormalizer,
@@ -42,10 +44,13 @@ from bro_mt import (
     q_value,
     returns_to_go,
 )
+from exercises import answer_or_solution
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # small networks: one thread is as fast and leaves the other cores free
-plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3})
+plt.rcParams.update(
+    {"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3, "font.size": 12}
+)
 
 # %% [markdown]
 # ## The architecture
@@ -223,6 +228,7 @@ for ax in axes:
 axes[0].set_ylabel("mean |Q − return| (support units)")
 plt.show()
 
+
 # %% [markdown]
 # **What this shows.** On the same data, with the same optimiser and number of steps, the wider critics reduce
 # the value error much faster and end lower, on the training episodes and on the held-out ones. On these tiny widths a
@@ -240,3 +246,40 @@ plt.show()
 # - Try `--model-size 1M` against `--critic-width 128` in notebook 5's run, or here add 1024 to the widths (slow on a CPU).
 # - Change `CRITIC_DEPTH` (number of residual blocks) or remove the LayerNorms from `BroNetBlock` and rerun the
 #   scale check above: without them the output grows with the input.
+
+# %% [markdown]
+# ## Exercise: a BroNet block without LayerNorm
+#
+# Write `my_block_without_layernorm(block, x)`: the forward pass of a `BroNetBlock` with both LayerNorms left out,
+# $x + W_2\,\mathrm{ReLU}(W_1 x + b_1) + b_2$, using the weights of `block` (`block.linear1.weight` is
+# `[members, in, out]`, its bias `[members, 1, out]`; `x` is `[members, batch, width]`). The check compares it with the
+# script's own block whose two LayerNorms are replaced by identities, on random inputs, and then stacks four blocks
+# with and without LayerNorm to show what the norms are for. Solution: `notebooks/solutions/02_bronet_model_size.py`.
+
+
+# %% tags=["exercise"]
+def my_block_without_layernorm(block, x):
+    # YOUR CODE HERE: return a tensor shaped like x
+    raise NotImplementedError
+
+
+# %% tags=["check"]
+import copy
+
+answer = answer_or_solution(my_block_without_layernorm, "02_bronet_model_size")
+torch.manual_seed(0)
+block = BroNetBlock(members=2, width=16)
+without_norms = copy.deepcopy(block)
+without_norms.norm1 = without_norms.norm2 = torch.nn.Identity()  # the script's block, LayerNorms left out
+x = torch.randn(2, 8, 16)
+with torch.no_grad():
+    torch.testing.assert_close(answer(block, x), without_norms(x))
+    print("my_block_without_layernorm agrees with BroNetBlock minus its LayerNorms")
+    blocks = [BroNetBlock(members=1, width=256) for _ in range(4)]
+    for factor in [1, 10, 100]:
+        h_norm = h_plain = factor * torch.randn(1, 512, 256)
+        for b in blocks:
+            h_norm, h_plain = b(h_norm), answer(b, h_plain)
+        print(
+            f"input std {factor:>3}: after 4 blocks, with LayerNorm {h_norm.std():8.1f}, without {h_plain.std():8.1f}"
+        )

@@ -8,7 +8,9 @@
 # 1. how the critic is conditioned (`Critic.embed`, `Critic.forward`);
 # 2. why the actor receives a **detached** copy of the embedding, checked with autograd on the real losses;
 # 3. the embeddings after a short multi-task run of `main`: a heatmap of their cosine similarities, and how far a short
-#    run moves them.
+#    run moves them;
+# 4. a toy where tasks differ sharply, trained long enough for the embeddings to separate, read honestly;
+# 5. an exercise: the actor loss *without* the detach, checked against `actor_loss`.
 #
 # Where to look in `bro_mt.py`: `Critic` (it owns `task_embedding`), `actor_loss` (the `.detach()`), `update` (the
 # critic is frozen during the actor step), the `act` phase of `main` (`critic.embed(task_ids)`), `Args.embedding_dim`.
@@ -20,6 +22,7 @@ import sys
 # Import the real scripts from the repository root, whether Jupyter runs in notebooks/ or in the root.
 ROOT = os.path.abspath(".." if os.path.exists(os.path.join("..", "bro_mt.py")) else ".")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import shutil
 import tempfile
@@ -30,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from bro_mt import (
+    DMCEnv,
+    action_masks_and_target_entropy,
     Actor,
     Args,
     Batch,
@@ -41,21 +46,26 @@ from bro_mt import (
     model_parameter_counts,
     q_value,
 )
+from exercises import answer_or_solution
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # small networks: one thread is as fast and leaves the other cores free
-plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3)})
+plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3), "font.size": 12})
 NOTEBOOK_DIR = os.getcwd()
 
 # %% [markdown]
 # ## How the critic is conditioned
 #
 # For task $i$ the critic reads $e_i = E_i / \lVert E_i \rVert$, where $E \in \mathbb R^{T\times 32}$ is an
-# `nn.Embedding` initialised $\mathcal N(0, 1)$, and predicts
+# `nn.Embedding` built by `make_task_embedding`: every entry drawn from $\mathcal N(0, 1/32)$, as flax's `nn.Embed`
+# in the authors' code, so each row starts with a norm of about 1. The critic predicts
 #
 # $$p(\cdot \mid s, a, e_i) = \mathrm{softmax}\big(\mathrm{BroNet}([s, a, e_i])\big).$$
 #
 # The unit norm keeps the embedding on the same scale as the (LayerNorm-ed) rest of the input however long it trains.
+# Only the direction of $E_i$ matters, and the size of the start decides how fast that direction can turn: AdamW moves
+# every entry by about the learning rate per update *whatever the gradient's size*, so a row of norm ~1 turns
+# ~$\sqrt{32} \approx 5.7$ times faster than a row of norm ~5.7 (PyTorch's default $\mathcal N(0, 1)$ start).
 # With a single task there is no embedding at all (zero width), so single-task BRC is plain BRC.
 
 # %%
@@ -80,6 +90,7 @@ print(
     model_parameter_counts(5, 1, num_tasks=1, width=32)["task_embedding"],
     "embedding parameters",
 )
+print("raw row norms at initialisation:", critic.task_embedding.weight.norm(dim=-1).detach().numpy().round(2))
 
 # %% [markdown]
 # ## The actor reads a detached copy
@@ -187,10 +198,10 @@ def cosine_matrix(vectors):
 def heatmap(ax, matrix, title, task_labels=True):
     ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="w" if abs(value) > 0.6 else "k")
-    ax.set_xticks(range(len(TASKS)), TASKS, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(TASKS)), TASKS if task_labels else [], fontsize=8)
-    ax.set_title(title, fontsize=10)
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=10, color="w" if abs(value) > 0.6 else "k")
+    ax.set_xticks(range(len(TASKS)), TASKS, rotation=60, ha="right", fontsize=10)
+    ax.set_yticks(range(len(TASKS)), TASKS if task_labels else [], fontsize=10)
+    ax.set_title(title, fontsize=12)
 
 
 e_init, e_trained = initial["critic"]["task_embedding.weight"], trained["critic"]["task_embedding.weight"]
@@ -240,9 +251,9 @@ with torch.no_grad():
 fig, ax = plt.subplots(figsize=(6, 5))
 image = ax.imshow(q_swap, cmap="viridis")
 for (i, j), value in np.ndenumerate(q_swap):
-    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="k" if value > q_swap.mean() else "w")
-ax.set_xticks(range(num_tasks), TASKS, rotation=60, ha="right", fontsize=8)
-ax.set_yticks(range(num_tasks), TASKS, fontsize=8)
+    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=10, color="k" if value > q_swap.mean() else "w")
+ax.set_xticks(range(num_tasks), TASKS, rotation=60, ha="right", fontsize=10)
+ax.set_yticks(range(num_tasks), TASKS, fontsize=10)
 ax.set_xlabel("embedding given to the critic")
 ax.set_ylabel("task the transitions come from")
 plt.colorbar(image, ax=ax, label="mean Q")
@@ -256,6 +267,89 @@ shutil.rmtree(run_dir)
 # are enough, because the critic's first layer can amplify them.
 
 # %% [markdown]
+# ## A toy where the tasks differ sharply
+#
+# Real tasks differ in many ways at once, and a short run cannot say which of them the embeddings pick up. A toy can
+# make the answer known in advance. Four "tasks" share **the same transitions** (random-action episodes of
+# `cartpole-balance`) and differ only in their rewards: *upright* pays the task's own reward $r$, *fallen* pays
+# $1 - r$, and each comes twice, as two tasks with their own embeddings. Whatever the critic must learn to tell apart,
+# it can only read from the embedding. If the embedding learns the tasks' values, the two copies should move
+# together and the opposite tasks apart.
+#
+# The critic is trained with `critic_loss` and the Polyak target, as in `update`; the actor is left at its random start
+# (the embedding is trained by the critic's loss only, so the actor step would not change the embeddings). Two
+# shortcuts compress a long run into ~20 seconds: $\gamma = 0.9$ (values settle within ~10 steps instead of ~100),
+# and a learning rate of 3e-3, ten times the script's: AdamW moves an entry by about the learning rate per update, so
+# 1 500 updates here move the embeddings about as far as 15 000 at the script's rate.
+
+# %%
+env, rng = DMCEnv("cartpole-balance", seed=0, max_episode_steps=200), np.random.default_rng(0)
+transitions = []
+for episode in range(3):
+    obs, _ = env.reset()
+    done = False
+    while not done:
+        action = rng.uniform(-1, 1, 1).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        transitions.append((obs, action, reward, next_obs, float(terminated)))
+        obs, done = next_obs, terminated or truncated
+
+TOY_TASKS = ["upright", "upright (copy)", "fallen", "fallen (copy)"]
+toy_buffer = ReplayBuffer(len(TOY_TASKS), len(transitions), obs_dim=5, action_dim=1, device="cpu")
+for obs, action, reward, next_obs, terminated in transitions:
+    rewards = np.array([reward, reward, 1 - reward, 1 - reward])  # one transition, four tasks
+    same = lambda x: np.stack([x] * len(TOY_TASKS))  # noqa: E731
+    toy_buffer.add(same(obs), same(action), rewards, same(next_obs), same(np.float32(terminated)))
+
+torch.manual_seed(0)
+toy_critic, toy_target = Critic(5, 1, len(TOY_TASKS), width=32), Critic(5, 1, len(TOY_TASKS), width=32)
+toy_target.load_state_dict(toy_critic.state_dict())
+toy_target.requires_grad_(False)
+toy_actor = Actor(5, 1, toy_critic.embedding_dim)
+toy_masks, _ = action_masks_and_target_entropy([1] * len(TOY_TASKS), 1, "cpu")
+toy_optimizer = torch.optim.AdamW(toy_critic.parameters(), lr=3e-3, weight_decay=1e-4)
+toy_start = toy_critic.task_embedding.weight.detach().clone()
+support, log_alpha = torch.linspace(-10, 10, 101), torch.tensor(0.1).log()
+toy_losses = []
+for step in range(1500):
+    batch = toy_buffer.sample(128, "cpu")
+    loss, _ = critic_loss(
+        toy_critic, toy_target, toy_actor, log_alpha, batch, toy_masks[batch.task_ids], 1.0, support, gamma=0.9
+    )
+    toy_optimizer.zero_grad()
+    loss.backward()
+    toy_optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(toy_target.parameters()), list(toy_critic.parameters()), 0.005)
+    toy_losses.append(loss.item())
+toy_end = toy_critic.task_embedding.weight.detach().clone()
+print(f"{len(transitions)} transitions per task; critic loss {toy_losses[0]:.2f} -> {np.mean(toy_losses[-100:]):.2f}")
+
+
+# %%
+def toy_heatmap(ax, matrix, title):
+    ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=12)
+    ax.set_xticks(range(len(TOY_TASKS)), TOY_TASKS, rotation=45, ha="right")
+    ax.set_yticks(range(len(TOY_TASKS)), TOY_TASKS)
+    ax.set_title(title, fontsize=12)
+
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+toy_heatmap(axes[0], cosine_matrix(toy_start), "at initialisation")
+toy_heatmap(axes[1], cosine_matrix(toy_end), "after 1 500 updates")
+toy_heatmap(axes[2], cosine_matrix(toy_end - toy_start), "of the changes")
+plt.tight_layout()
+plt.show()
+print("raw norms at the start:", toy_start.norm(dim=-1).numpy().round(2))
+print("moved by:              ", (toy_end - toy_start).norm(dim=-1).numpy().round(2))
+
+
+# %% [markdown]
+# TOY_READING
+
+# %% [markdown]
 # ## Change it yourself
 #
 # - `--embedding-dim` sets the embedding size (32 in the paper).
@@ -264,3 +358,40 @@ shutil.rmtree(run_dir)
 # - The script's ablations: `--task-conditioning multihead` (a shared trunk with one output head per task; the actor
 #   reads a one-hot task id) and `--task-conditioning none` (neither network is told the task).
 # - Freeze the embedding (`critic.task_embedding.requires_grad_(False)`) to get fixed random task codes.
+
+# %% [markdown]
+# ## Exercise: the actor loss without the detach
+#
+# Write `my_actor_loss_through_embedding(actor, critic, log_alpha, obs, task_ids, action_mask, support)`: the same
+# value as `actor_loss`'s loss, mean$(\alpha \log\pi(a|s) - Q(s, a))$ with $Q$ the expectation of the members' mean
+# distribution, but with the actor reading `critic.embed(task_ids)` *without* `.detach()`, so that the loss's gradient
+# reaches the task embedding. Return only the loss. The check runs both on the same random batch with the same seed,
+# asks for equal values, and then for a gradient on the embedding rows of the tasks in the batch (and none on the
+# others). Solution: `notebooks/solutions/03_task_embeddings.py`.
+
+
+# %% tags=["exercise"]
+def my_actor_loss_through_embedding(actor, critic, log_alpha, obs, task_ids, action_mask, support):
+    # YOUR CODE HERE: return the loss (a scalar tensor)
+    raise NotImplementedError
+
+
+# %% tags=["check"]
+answer = answer_or_solution(my_actor_loss_through_embedding, "03_task_embeddings")
+torch.manual_seed(0)
+check_critic = Critic(5, 1, num_tasks=3, width=16)
+check_actor = Actor(5, 1, check_critic.embedding_dim)
+check_critic.trunk.requires_grad_(False)  # only the embedding collects gradients here
+check_critic.head.requires_grad_(False)
+check_obs, check_ids = torch.randn(32, 5), torch.randint(0, 2, (32,))  # tasks 0 and 1; task 2 is absent
+check_args = (check_obs, check_ids, torch.ones(32, 1), torch.linspace(-10, 10, 101))
+torch.manual_seed(1)  # the same noise for both samples
+reference, _ = actor_loss(check_actor, check_critic, torch.tensor(0.1).log(), *check_args)
+torch.manual_seed(1)
+mine = answer(check_actor, check_critic, torch.tensor(0.1).log(), *check_args)
+torch.testing.assert_close(mine, reference)
+mine.backward()
+rows = check_critic.task_embedding.weight.grad
+assert rows is not None and bool((rows[:2].norm(dim=-1) > 0).all()), "the gradient must reach the embedding"
+assert rows[2].abs().max() == 0, "task 2 is not in the batch: its row must get no gradient"
+print("same value as actor_loss; embedding gradient per row:", rows.norm(dim=-1).numpy().round(4))

@@ -25,14 +25,18 @@ import sys
 # Import the real scripts from the repository root, whether Jupyter runs in notebooks/ or in the root.
 ROOT = os.path.abspath(".." if os.path.exists(os.path.join("..", "bro_mt.py")) else ".")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from bro_mt import Args, DMCEnv, RewardNormalizer, returns_to_go, reward_scale
+from exercises import answer_or_solution
 
-plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3})
+plt.rcParams.update(
+    {"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3, "font.size": 12}
+)
 args = Args()
 gamma = args.gamma
 TASKS = ["cartpole-balance", "cartpole-swingup"]
@@ -195,8 +199,10 @@ plt.show()
 # task has finished several episodes before the first update, but with a short warm-up or long episodes it matters.
 #
 # `bro_mt.py` uses a documented fallback instead: until the first episode ends, `max_abs_return` treats the episode
-# so far as if it were cut now (tail bootstrap included) and uses its $\bar G$; `needs_fallback()` tells `main` to
-# refresh the scale every step while any task is in this state. Below, the fallback's $\bar G$ step by step through a
+# so far as if it were cut now (tail bootstrap included) and uses its $\bar G$. `main` recomputes every task's scale
+# once per environment step, before that step's updates (`learn`), so the estimate follows the episode as it grows;
+# `needs_fallback()` says whether any task is still in this state (`bro_atari.py`'s loop uses it to decide when to
+# refresh its scales). Below, the fallback's $\bar G$ step by step through a
 # task's first episode, against the value after the episode ends.
 
 # %%
@@ -222,6 +228,7 @@ for ax, task, name in zip(axes, range(2), TASKS):
 axes[0].set_ylabel("$\\bar G$ used for the scale")
 plt.show()
 
+
 # %% [markdown]
 # From the first step the fallback is of the right order of magnitude (the running mean reward over $1-\gamma$ is
 # already a rough guess of a return), so the critic learns from real, sensibly scaled rewards instead of zeros. For
@@ -236,3 +243,27 @@ plt.show()
 #   that does to its targets).
 # - Drop the entropy term in `reward_scale` and watch a sparse task's scale before its first reward.
 # - Try the released rule: make `max_abs_return` return `inf` for tasks without a finished episode.
+
+# %% [markdown]
+# ## Exercise: returns-to-go
+#
+# Write `my_returns_to_go(rewards, gamma, bootstrap)`: the discounted returns-to-go of one episode as a NumPy array,
+# $G_t = r_t + \gamma G_{t+1}$ with $G_T$ = `bootstrap` after the last reward (step 2 above). The check compares it
+# with `returns_to_go` on random episodes of random lengths, discounts and tails. Solution:
+# `notebooks/solutions/04_reward_normalisation.py`.
+
+
+# %% tags=["exercise"]
+def my_returns_to_go(rewards, gamma, bootstrap):
+    # YOUR CODE HERE: return an array of len(rewards) returns
+    raise NotImplementedError
+
+
+# %% tags=["check"]
+answer = answer_or_solution(my_returns_to_go, "04_reward_normalisation")
+check_rng = np.random.default_rng(0)
+for trial in range(20):
+    rewards = check_rng.normal(size=check_rng.integers(1, 50))
+    gamma_, bootstrap = check_rng.uniform(0.5, 0.999), check_rng.normal() * 10
+    np.testing.assert_allclose(answer(rewards, gamma_, bootstrap), returns_to_go(rewards, gamma_, bootstrap), rtol=1e-9)
+print("my_returns_to_go agrees with returns_to_go on 20 random episodes")

@@ -12,7 +12,7 @@
 # | record | `RewardNormalizer.record`; at an episode's end `end_episode` and the return is logged | notebook 4 |
 # | store | one transition per task into rings shaped `[tasks, capacity, dim]` (raw rewards) | `ReplayBuffer.add` |
 # | update | `updates_per_step` × `update()`: critic → Polyak target → actor → temperature, on a batch drawn uniformly over (task, index) | `update`, `critic_loss`, `actor_loss`, `temperature_loss` |
-# | evaluate / log / checkpoint | deterministic episodes every `eval_interval`; losses every `log_interval`; a checkpoint at the end | `evaluate`, `save_checkpoint` |
+# | evaluate / log / checkpoint | deterministic episodes every `eval_interval`; losses every `log_interval`; a checkpoint at the end | `evaluate`, `Run.log_evaluation`, `Run.save` (in `run_utils.py`) |
 #
 # One "environment step" steps every task once, so 1 000 steps on two tasks collect 2 000 transitions.
 
@@ -23,6 +23,7 @@ import sys
 # Import the real scripts from the repository root, whether Jupyter runs in notebooks/ or in the root.
 ROOT = os.path.abspath(".." if os.path.exists(os.path.join("..", "bro_mt.py")) else ".")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import dataclasses
 import shutil
@@ -34,9 +35,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bro_mt import Args, main
+from exercises import answer_or_solution
 
 torch.set_num_threads(1)  # small networks: one thread is as fast and leaves the other cores free
-plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3})
+plt.rcParams.update(
+    {"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3, "font.size": 12}
+)
 NOTEBOOK_DIR = os.getcwd()
 
 # %% [markdown]
@@ -172,6 +176,7 @@ for key, value in checkpoint.items():
     print(f"{key:>18}: {kind}")
 shutil.rmtree(run_dir)
 
+
 # %% [markdown]
 # ## Change it yourself
 #
@@ -184,3 +189,47 @@ shutil.rmtree(run_dir)
 # - A longer run from a terminal (the README's quick command):
 #   `python bro_mt.py --env-ids DMC_TINY --critic-width 128 --batch-size 128 --total-timesteps 20000 --eval-interval 5000 --eval-episodes 3`
 # - The paper's setting: `python bro_mt.py --model-size 64M` (seven dog and humanoid tasks, 1M steps, a GPU).
+
+# %% [markdown]
+# ## Exercise: the Polyak target update
+#
+# Inside `update`, right after the critic's step, one line moves the target critic a fraction $\tau$ of the way to the
+# critic: $\bar\theta \leftarrow (1 - \tau)\bar\theta + \tau\theta$ (`torch._foreach_lerp_`). Write
+# `my_polyak(target_params, online_params, tau)` that returns the new target weights as a list of new tensors. The
+# check runs the script's `update` once on a small critic and compares the target critic it leaves with
+# `my_polyak(target weights before, critic weights after, tau)`. Solution: `notebooks/solutions/05_training_loop.py`.
+
+
+# %% tags=["exercise"]
+def my_polyak(target_params, online_params, tau):
+    # YOUR CODE HERE: return a list of tensors, one per parameter
+    raise NotImplementedError
+
+
+# %% tags=["check"]
+from bro_mt import Actor, Batch, Critic, action_masks_and_target_entropy, update
+
+answer = answer_or_solution(my_polyak, "05_training_loop")
+torch.manual_seed(0)
+critic, target_critic = Critic(5, 2, num_tasks=2, width=16), Critic(5, 2, num_tasks=2, width=16)
+target_critic.load_state_dict(critic.state_dict())
+target_critic.requires_grad_(False)
+actor = Actor(5, 2, critic.embedding_dim)
+log_alpha = torch.tensor(0.1).log().requires_grad_()
+optimizers = (
+    torch.optim.AdamW(critic.parameters(), lr=1e-3),
+    torch.optim.AdamW(actor.parameters(), lr=1e-3),
+    torch.optim.Adam([log_alpha], lr=1e-3),
+)
+masks, target_entropy = action_masks_and_target_entropy([1, 2], 2, "cpu")  # task 0: one action dim, task 1: two
+batch = Batch(torch.randn(64, 5), torch.rand(64, 2) * 2 - 1, torch.rand(64), torch.randn(64, 5), torch.zeros(64),
+              torch.randint(0, 2, (64,)))  # fmt: skip
+batch = batch._replace(actions=batch.actions * masks[batch.task_ids])
+target_before = [p.clone() for p in target_critic.parameters()]
+update(batch, critic, target_critic, actor, log_alpha, optimizers, masks, target_entropy, torch.ones(2),
+       torch.linspace(-10, 10, 101), gamma=0.99, tau=0.005)  # fmt: skip
+mine = answer(target_before, [p.detach() for p in critic.parameters()], 0.005)
+for new, theirs in zip(mine, target_critic.parameters()):
+    torch.testing.assert_close(new, theirs)
+moved = max((p - q).abs().max().item() for p, q in zip(target_critic.parameters(), target_before))
+print(f"my_polyak reproduces update's target critic (largest move of a target weight: {moved:.2e})")

@@ -18,6 +18,7 @@ import sys
 # Import the real scripts from the repository root, whether Jupyter runs in notebooks/ or in the root.
 ROOT = os.path.abspath(".." if os.path.exists(os.path.join("..", "bro_mt.py")) else ".")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import shutil
 import tempfile
@@ -43,10 +44,11 @@ from bro_atari import (
     q_values,
     reward_scale,
 )
+from exercises import answer_or_solution
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # small networks: one thread is as fast and leaves the other cores free
-plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3)})
+plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 3), "font.size": 12})
 NOTEBOOK_DIR = os.getcwd()
 rng = np.random.default_rng(0)
 
@@ -264,6 +266,7 @@ for ax in axes[1:]:
 plt.tight_layout()
 plt.show()
 
+
 # %% [markdown]
 # After 100 updates the networks are still nearly uniform (the loss is close to $\log 101$), so the target is the target
 # network's flat distribution, shifted by $R$ and narrowed by $\gamma^3$. This sample saw a point early in the run,
@@ -279,3 +282,31 @@ plt.show()
 # - Replace `double_dqn_target`'s online argmax by the target network's own argmax (plain categorical DQN / C51) and
 #   compare the Q-values over a run.
 # - A real run needs a GPU: `python bro_atari.py --env-ids ATARI_QUICK --model-size 4M` (see `README.md`).
+
+# %% [markdown]
+# ## Exercise: the categorical double-DQN target
+#
+# Write `my_double_dqn_target(next_online_logits, next_target_logits, returns, bootstrap, support)`: from the two
+# networks' logits at $s'$ (`[batch, actions, bins]`), pick $a^*$ with the online network's Q-values, take the target
+# network's distribution of $a^*$, move its atoms to $R + \text{bootstrap}\cdot z$ and project them back (you may use
+# `categorical_projection`; notebook 1 has its own exercise). The check compares it with `double_dqn_target` on random
+# logits, returns and bootstrap factors (including 0, after a terminal). Solution: `notebooks/solutions/06_atari.py`.
+
+
+# %% tags=["exercise"]
+def my_double_dqn_target(next_online_logits, next_target_logits, returns, bootstrap, support):
+    # YOUR CODE HERE: return the target distribution [batch, bins]
+    raise NotImplementedError
+
+
+# %% tags=["check"]
+answer = answer_or_solution(my_double_dqn_target, "06_atari")
+generator = torch.Generator().manual_seed(0)
+check_support = torch.linspace(-10, 10, 101)
+for trial in range(5):
+    online, target = torch.randn(2, 16, 18, 101, generator=generator) * 3
+    returns = torch.randn(16, generator=generator) * 2
+    bootstrap = 0.99 ** torch.randint(1, 4, (16,), generator=generator) * (torch.rand(16, generator=generator) > 0.2)
+    expected = double_dqn_target(online, target, returns, bootstrap, check_support)
+    torch.testing.assert_close(answer(online, target, returns, bootstrap, check_support), expected)
+print("my_double_dqn_target agrees with double_dqn_target on 5 random batches")
