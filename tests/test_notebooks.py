@@ -122,11 +122,13 @@ def _script_modules() -> list:
 
 
 def _script_members() -> tuple[set, set]:
-    """(top-level names of the scripts, names of every class member: methods, attributes set on self, fields)."""
+    """(top-level names of the scripts, names of every class member (methods, attributes set on self, fields) and
+    of every function's parameters)."""
     top, members = set(), set()
     for script in SCRIPTS:
         with open(os.path.join(REPO, script)) as f:
             tree = ast.parse(f.read())
+        members |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}  # `pad_to`, `action_sizes`
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 top.add(node.name)
@@ -236,37 +238,47 @@ def _wrong(value):
     return value + 0.01
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_exercise_check_accepts_the_solution_and_rejects_a_wrong_answer(name, monkeypatch):
-    """Runs the notebook's first code cell (imports), its `exercise` cell and its `check` cell in a plain namespace:
-    once with the stub (the check falls back to the solution and passes) and once with the solution's answers moved
-    by 0.01, which the check must reject."""
+def run_exercise(name: str, replace=None):
+    """Run the notebook's first code cell (imports), its `exercise` cell and its `check` cell in a plain namespace,
+    with the stub replaced by `replace(namespace)` if given; returns the stub's name."""
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
     (exercise,), (check,) = _tagged(nb, "exercise"), _tagged(nb, "check")
     imports = next(c for c in nb.cells if c.cell_type == "code")
     stub = next(n.name for n in ast.parse(exercise.source).body if isinstance(n, ast.FunctionDef))
-    assert stub.startswith("my_"), "exercises use new names (my_...), never the scripts'"
-    monkeypatch.chdir(NOTEBOOK_DIR)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    torch_threads = torch.get_num_threads()
-
-    def run(replace=None):
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    os.chdir(NOTEBOOK_DIR)
+    try:
         namespace = {"__name__": "__notebook__"}
         exec(imports.source, namespace)
         exec(exercise.source, namespace)
-        if replace:
-            namespace[stub] = replace
+        if replace is not None:
+            namespace[stub] = replace(namespace)  # the answer to try, made from the notebook's namespace
         exec(check.source, namespace)
-
-    try:
-        run()  # the stub raises NotImplementedError: the check runs on the reference solution
-        import exercises
-
-        solution = exercises.solution(name[: -len(".ipynb")], stub)
-        with pytest.raises(AssertionError):
-            run(lambda *args, **kwargs: _wrong(solution(*args, **kwargs)))
     finally:
-        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(threads)
+        os.chdir(cwd)
+    return stub
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_exercise_check_accepts_the_solution_and_rejects_a_wrong_answer(name, monkeypatch):
+    """Once with the stub (the check falls back to the solution and passes), once with the solution's answers moved
+    by 0.01, which the check must reject."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    stub = run_exercise(name)
+    assert stub.startswith("my_"), "exercises use new names (my_...), never the scripts'"
+    import exercises
+
+    solution = exercises.solution(name[: -len(".ipynb")], stub)
+    with pytest.raises(AssertionError):
+        run_exercise(name, lambda namespace: lambda *args, **kwargs: _wrong(solution(*args, **kwargs)))
+
+
+def test_exercise_03_rejects_the_detached_actor_loss(monkeypatch):
+    """The script's own actor_loss has the right value but no gradient through the actor's input: not an answer."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    with pytest.raises(AssertionError, match="detached"):
+        run_exercise("03_task_embeddings.ipynb", lambda namespace: lambda *args: namespace["actor_loss"](*args)[0])
 
 
 def test_solutions_do_not_redefine_script_names():

@@ -49,9 +49,9 @@ plt.rcParams.update({"figure.dpi": 72, "font.size": 12})
 # ## The networks
 #
 # A real `Critic` and `Actor`, built small (width 64) for two tasks with 5-number observations and 1 action, give the
-# shapes in the figure. The critic reads `[obs, action, e_i]`, where `e_i` is the task's unit-length embedding
+# shapes in the figure. The critic reads `[obs, action, e_i]`, where $e_i$ is the task's unit-length embedding
 # (`Critic.embed`); each of its two members is a BroNet ending in 101 logits; the members' softmaxes are averaged and
-# Q is the expectation of that mean distribution (`q_value`). The actor reads `[obs, e_i]` with `e_i` **detached**:
+# Q is the expectation of that mean distribution (`q_value`). The actor reads `[obs, e_i]` with $e_i$ **detached**:
 # the embedding belongs to the critic and only the critic's loss trains it (notebook 3).
 
 # %%

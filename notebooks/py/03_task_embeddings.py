@@ -381,9 +381,10 @@ print("moved by:              ", (toy_end - toy_start).norm(dim=-1).numpy().roun
 # Write `my_actor_loss_through_embedding(actor, critic, log_alpha, obs, task_ids, action_mask, support)`: the same
 # value as `actor_loss`'s loss, mean$(\alpha \log\pi(a|s) - Q(s, a))$ with $Q$ the expectation of the members' mean
 # distribution, but with the actor reading `critic.embed(task_ids)` *without* `.detach()`, so that the loss's gradient
-# reaches the task embedding. Return only the loss. The check runs both on the same random batch with the same seed,
-# asks for equal values, and then for a gradient on the embedding rows of the tasks in the batch (and none on the
-# others). Solution: `notebooks/solutions/03_task_embeddings.py`.
+# reaches the task embedding through the actor too. Return only the loss. The check runs both on the same random
+# batch with the same seed and asks for equal values; then, with the critic's other weights frozen, for a gradient
+# on the embedding rows of the tasks in the batch that `actor_loss` does not give (and none on the absent task).
+# Solution: `notebooks/solutions/03_task_embeddings.py`.
 
 
 # %% tags=["exercise"]
@@ -406,8 +407,11 @@ reference, _ = actor_loss(check_actor, check_critic, torch.tensor(0.1).log(), *c
 torch.manual_seed(1)
 mine = answer(check_actor, check_critic, torch.tensor(0.1).log(), *check_args)
 torch.testing.assert_close(mine, reference)
-mine.backward()
-rows = check_critic.task_embedding.weight.grad
-assert rows is not None and bool((rows[:2].norm(dim=-1) > 0).all()), "the gradient must reach the embedding"
-assert rows[2].abs().max() == 0, "task 2 is not in the batch: its row must get no gradient"
-print("same value as actor_loss; embedding gradient per row:", rows.norm(dim=-1).numpy().round(4))
+# Both reach the embedding through the critic's Q (which update() stops by freezing the critic); only yours also
+# reaches it through the actor's input. That extra part is what the detach removes.
+(via_q,) = torch.autograd.grad(reference, check_critic.task_embedding.weight)
+(yours,) = torch.autograd.grad(mine, check_critic.task_embedding.weight)
+via_actor = (yours - via_q).norm(dim=-1)
+assert bool((via_actor[:2] > 1e-6).all()), "no gradient through the actor's input: is the embedding still detached?"
+assert via_actor[2] == 0, "task 2 is not in the batch: its row must get no gradient"
+print("same value as actor_loss; gradient through the actor's input per embedding row:", via_actor.numpy().round(4))
