@@ -126,7 +126,7 @@ def main():
     parser.add_argument("--pairs-only", action="store_true", help="only rewrite the pairs from the notebooks")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # the kernels inherit it: one thread, as the notebooks ask
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures saved as PNG outputs
     paths = [p for p in notebook_paths() if not args.prefixes or os.path.basename(p).startswith(tuple(args.prefixes))]
     if not paths:
         raise SystemExit(f"no notebook in {NOTEBOOK_DIR} starts with {args.prefixes}")

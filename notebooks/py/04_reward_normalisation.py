@@ -64,10 +64,10 @@ def play_episode(env):
 
 # %%
 episodes = [play_episode(env) for env in envs]
-fig, axes = plt.subplots(1, 2, figsize=(11, 2.8))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
 for ax, task, (rewards, terminated) in zip(axes, TASKS, episodes):
     ax.plot(rewards)
-    ax.set_title(f"{task}: mean reward {rewards.mean():.3f}, {'terminated' if terminated else 'cut by the time limit'}")
+    ax.set_title(f"{task}: mean reward {rewards.mean():.3f}\n{'terminated' if terminated else 'cut by the time limit'}")
     ax.set_xlabel("step")
 axes[0].set_ylabel("reward")
 plt.show()

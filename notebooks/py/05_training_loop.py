@@ -138,14 +138,14 @@ panels = [
 fig, axes = plt.subplots(1, 5, figsize=(16, 2.8))
 for ax, (tag, title) in zip(axes, panels):
     ax.plot(logs[tag][:, 0], logs[tag][:, 1], "o-")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=12)
     ax.set_xlabel("step")
 for task in tasks:
     scale = logs[f"charts/reward_scale/{task}"]
     axes[-1].plot(scale[:, 0], scale[:, 1], "o-", label=task)
-axes[-1].set_title("reward divisor per task", fontsize=10)
+axes[-1].set_title("reward divisor per task", fontsize=12)
 axes[-1].set_yscale("log")
-axes[-1].legend(fontsize=8)
+axes[-1].legend(fontsize=10)
 axes[-1].set_xlabel("step")
 plt.tight_layout()
 plt.show()

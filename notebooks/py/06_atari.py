@@ -55,7 +55,7 @@ rng = np.random.default_rng(0)
 
 def show(ax, image, title):
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=11)
     ax.axis("off")
 
 
@@ -253,14 +253,14 @@ fig, axes = plt.subplots(1, 3, figsize=(14, 3))
 axes[0].bar(
     range(18), q_values(next_online[i : i + 1], support)[0], color=["C3" if a == best else "C0" for a in range(18)]
 )
-axes[0].set_title(f"online Q(s', a): a* = {best}", fontsize=10)
+axes[0].set_title(f"online Q(s', a): a* = {best}", fontsize=12)
 axes[0].set_xlabel("action")
 axes[1].bar(support, next_target[i, best].softmax(-1), width=0.18, color="C1")
-axes[1].set_title("target network's p(s', a*)", fontsize=10)
+axes[1].set_title("target network's p(s', a*)", fontsize=12)
 axes[2].bar(support, target_probs[i], width=0.18, color="C2", label="target m")
 axes[2].plot(support, online_probs[i], "k", lw=1, label="online p(s, a)")
-axes[2].set_title(f"R = {batch.returns[i]:.3f}, bootstrap {batch.bootstrap[i]:.3f}: projected target", fontsize=10)
-axes[2].legend(fontsize=8)
+axes[2].set_title(f"R = {batch.returns[i]:.3f}, bootstrap {batch.bootstrap[i]:.3f}: projected target", fontsize=12)
+axes[2].legend(fontsize=10)
 for ax in axes[1:]:
     ax.set_xlabel("return atom")
 plt.tight_layout()
