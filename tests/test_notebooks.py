@@ -180,7 +180,8 @@ def _notebook_variables(nb) -> set:
 
 
 def unknown_names(nb) -> list[str]:
-    """Every backticked name or marker of the notebook that the scripts do not define (empty when all is well)."""
+    """Every backticked name or marker of the notebook, and every name its code imports from the scripts, that the
+    scripts do not define (empty when all is well)."""
     modules = _script_modules()
     top, members = _script_members()
     variables = _notebook_variables(nb)
@@ -193,9 +194,8 @@ def unknown_names(nb) -> list[str]:
             continue  # a library, a file, or a string the scripts use (a suite's name such as "DMC_TINY")
         if head in top:  # a script's name: every attribute along the chain must exist in at least one script
             objects = [getattr(m, head) for m in modules if hasattr(m, head)]
-            for attr in rest:
-                fields = lambda o: getattr(o, "__dataclass_fields__", {})  # noqa: E731
-                objects = [getattr(o, attr, None) or fields(o).get(attr) for o in objects]
+            for attr in rest:  # an attribute, or a dataclass field without a class-level default (Args.env_ids)
+                objects = [getattr(o, attr, None) or getattr(o, "__dataclass_fields__", {}).get(attr) for o in objects]
                 objects = [o for o in objects if o is not None]
             if not objects:
                 problems.append(name)
@@ -204,6 +204,13 @@ def unknown_names(nb) -> list[str]:
                 problems.append(name)
         else:
             problems.append(name)
+    code = ast.parse("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
+    by_name = {script[:-3]: module for script, module in zip(SCRIPTS, modules)}
+    for node in ast.walk(code):  # `from bro_mt import X` and `bro_mt.X` in the code, without running it
+        if isinstance(node, ast.ImportFrom) and node.module in by_name:
+            problems += [f"{node.module}.{a.name}" for a in node.names if not hasattr(by_name[node.module], a.name)]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in by_name:
+            problems += [f"{node.value.id}.{node.attr}"] if not hasattr(by_name[node.value.id], node.attr) else []
     for marker in markers:
         pattern = re.escape(marker).replace(r"\ \.\.\.\ ", ".*").replace(r"\.\.\.", ".*")
         if not re.search(pattern, sources):
@@ -223,7 +230,16 @@ def test_the_name_check_catches_a_removed_name_and_marker():
     nb.cells = [nbformat.v4.new_markdown_cell("`critic_loss`, `Critic.embed`, `# -- act --`, `# -- store ... --`")]
     assert unknown_names(nb) == []
     nb.cells.append(nbformat.v4.new_markdown_cell("`save_checkpoint_now`, `Critic.forget`, `# -- train --`"))
-    assert unknown_names(nb) == ["save_checkpoint_now", "Critic.forget", "# -- train --"]
+    nb.cells.append(
+        nbformat.v4.new_code_cell("import bro_mt\nfrom bro_mt import Critic, old_loss\nbro_mt.gone(Critic)")
+    )
+    assert unknown_names(nb) == [
+        "save_checkpoint_now",
+        "Critic.forget",
+        "bro_mt.old_loss",
+        "bro_mt.gone",
+        "# -- train --",
+    ]
 
 
 # ---- Exercises: the check cell compares with the script and rejects a wrong answer ----
