@@ -133,10 +133,8 @@ print(
 )
 critic.zero_grad(set_to_none=True)
 
-critic.requires_grad_(False)  # as in update(): the actor step trains the actor only
 loss_pi, _ = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, mask, support)
-loss_pi.backward()
-critic.requires_grad_(True)
+loss_pi.backward(inputs=list(actor.parameters()))  # as in update(): gradients for the actor's weights only
 print(
     "actor loss  -> embedding gradient:",
     critic.task_embedding.weight.grad,
@@ -369,8 +367,8 @@ print("moved by:              ", (toy_end - toy_start).norm(dim=-1).numpy().roun
 # ## Change it yourself
 #
 # - `--embedding-dim` sets the embedding size (32 in the paper).
-# - Remove the `.detach()` in `actor_loss` *and* the freezing of the critic's parameters around the actor step in
-#   `update`, and the actor's loss trains the embedding too; compare the critic loss of both versions in notebook 5's run.
+# - Remove the `.detach()` in `actor_loss` *and* the `inputs=` of the actor's backward in `update` (it asks for the
+#   actor's gradients only), and the actor's loss trains the embedding too; compare the critic loss of both versions in notebook 5's run.
 # - The script's ablations: `--task-conditioning multihead` (a shared trunk with one output head per task; the actor
 #   reads a one-hot task id) and `--task-conditioning none` (neither network is told the task).
 # - Freeze the embedding (`critic.task_embedding.requires_grad_(False)`) to get fixed random task codes.
@@ -407,7 +405,7 @@ reference, _ = actor_loss(check_actor, check_critic, torch.tensor(0.1).log(), *c
 torch.manual_seed(1)
 mine = answer(check_actor, check_critic, torch.tensor(0.1).log(), *check_args)
 torch.testing.assert_close(mine, reference)
-# Both reach the embedding through the critic's Q (which update() stops by freezing the critic); only yours also
+# Both reach the embedding through the critic's Q (update() asks for the actor's gradients only); only yours also
 # reaches it through the actor's input. That extra part is what the detach removes.
 (via_q,) = torch.autograd.grad(reference, check_critic.task_embedding.weight)
 (yours,) = torch.autograd.grad(mine, check_critic.task_embedding.weight)
