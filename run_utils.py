@@ -138,7 +138,7 @@ def setup_torch(seed: int, cuda: bool, torch_deterministic: bool, cudagraphs: bo
     return device
 
 
-SMALL_UPDATE_GFLOP = 1.0  # below it one thread beats several (benchmarks/RESULTS.md, "Threads")
+SMALL_UPDATE_GFLOP = 3.0  # below it one thread is as fast as two or faster (benchmarks/RESULTS.md, "Threads")
 
 
 def set_threads(device: torch.device, threads: Optional[int], gflop_per_update: float):

@@ -169,6 +169,7 @@ def time_loop(args, width, device, flags) -> float:
                     buffer_size=3 * n,
                     cuda=device.type == "cuda",
                     async_envs=args.async_envs,
+                    threads=args.threads,  # None: the script's automatic choice
                     **flags,
                 )
             )
@@ -242,7 +243,9 @@ if __name__ == "__main__":
     parser.add_argument("--obs-dim", type=int, default=223, help="padded observation size (dog: 223)")
     parser.add_argument("--action-dim", type=int, default=38, help="padded action size (dog: 38)")
     parser.add_argument("--num-tasks", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; --loop: the script's automatic)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=10.0, help="time spent on each update measurement")
     parser.add_argument("--loop", action="store_true", help="also time the real training loop (bro_mt.main)")
