@@ -201,7 +201,9 @@ def run_jobs(jobs: list[Job], csv_path: str, max_workers: int) -> dict:
             if result["interrupted"]:  # not recorded, so that the next invocation trains it again
                 print(f"  interrupted {job.run}: not written to the CSV", flush=True)
                 continue
-            expected = max(0, job.args["total_timesteps"] - job.args["learning_starts"] + 1) * job.args["updates_per_step"]
+            expected = (
+                max(0, job.args["total_timesteps"] - job.args["learning_starts"] + 1) * job.args["updates_per_step"]
+            )
             if result["updates"] is not None and result["updates"] != expected:
                 print(f"  warning: {job.run} did {result['updates']} updates, expected {expected}")
             append_csv(csv_path, result["rows"])
