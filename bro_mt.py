@@ -1,4 +1,4 @@
-"""BRC for multi-task continuous control on dm_control, in one file.
+"""BRC for multi-task continuous control on dm_control and MetaWorld, in one file.
 
 BRC -- "Bigger, Regularized, Categorical: High-Capacity Value Functions are Efficient Multi-Task Learners"
 (Nauman, Cygan, Sferrazza, Kumar, Abbeel, 2025, arXiv:2505.23150). One SAC agent learns many tasks at once.
@@ -9,20 +9,21 @@ embedding. Rewards are normalised per task so that every task's returns share on
 Map of the file (search for the section markers "# ----"):
   Args ..................... every flag: the algorithm's (defaults = the authors' released code), the ablations,
                              then the ones that only run the experiment
-  Tasks and environments ... task suites, a flat-observation dm_control wrapper, how tasks of different sizes
-                             share one network (padding and action masks)
+  Tasks .................... task suites, how tasks of different sizes share one network (padding, action masks)
   Networks ................. ensemble layers, BroNet, the categorical critic with task embedding, the actor
   Categorical projection ... C51: put the shifted target distribution back on the fixed support
   Losses and the update .... critic cross-entropy, actor, temperature; one update in the paper's order
   Reward normalisation ..... per-task scale from the largest discounted return seen
   Replay buffer ............ per-task ring buffers [tasks, capacity, dim] on the training device
-  Evaluation ............... deterministic episodes of every task in lockstep, optional videos
+  Environments ............. dm_control with flat observations, MetaWorld (goal-observable, success flags)
+  Evaluation ............... deterministic episodes of every task in lockstep: returns, success rates, videos
   Ablations and transfer ... --critic-loss mse, --task-conditioning multihead, --init-from
   Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
 What is not BRC (checkpoints, run folders, logging, signals, memory checks, --compile / --cudagraphs, vector
 envs) lives in run_utils.py; you never need to read it to learn the method.
 """
 
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ except (ImportError, RuntimeError, AttributeError) as error:
 class AlgorithmArgs:
     # Algorithm (defaults: the paper's)
     env_ids: list[str] = field(default_factory=lambda: ["DMC_HARD"])
-    """dm_control ids (dog-run, ...) and suites DMC_HARD (dogs + humanoids) DMC_DOGS DMC_HUMANOIDS DMC_EASY DMC_TINY"""
+    """task ids (dog-run, metaworld-reach-v3) and suites (DMC_HARD DMC_DOGS DMC_HUMANOIDS DMC_EASY DMC_TINY MW_MT10 MW_MT50)"""
     model_size: Literal["1M", "4M", "16M", "64M", "256M", "1B"] = "64M"
     """critic preset: its width W (1M: 512 ... 1B: 16384); the label is ~4*W^2, one member's hidden weights"""
     critic_width: Optional[int] = None
@@ -98,7 +99,9 @@ class AlgorithmArgs:
     eval_episodes: int = 10
     """deterministic evaluation episodes per task"""
     max_episode_steps: Optional[int] = None
-    """cut episodes after N steps (None: dm_control's own limit, 1000 steps); a truncation still bootstraps"""
+    """cut episodes after N steps (None: dm_control's own 1000, MetaWorld 200 as released); a truncation bootstraps"""
+    metaworld_goals: Literal["fixed", "random"] = "fixed"
+    """MetaWorld object and goal positions: fixed, one per task and seed (the released code); random, new each episode"""
 
     # Ablations and transfer
     critic_loss: Literal["categorical", "mse"] = "categorical"
@@ -126,7 +129,7 @@ MODEL_SIZES = {"1M": 512, "4M": 1024, "16M": 2048, "64M": 4096, "256M": 8192, "1
 CRITIC_DEPTH, ACTOR_WIDTH, ACTOR_DEPTH, ENSEMBLE_SIZE = 2, 256, 1, 2
 
 
-# ---- Tasks and environments ----
+# ---- Tasks ----
 SUITES = {
     "DMC_DOGS": ["dog-stand", "dog-walk", "dog-trot", "dog-run"],
     "DMC_HUMANOIDS": ["humanoid-stand", "humanoid-walk", "humanoid-run"],
@@ -134,19 +137,41 @@ SUITES = {
     # Small suites with different observation and action sizes, for a laptop.
     "DMC_EASY": ["cartpole-balance", "cartpole-swingup", "point_mass-easy", "reacher-easy"],
     "DMC_TINY": ["cartpole-balance", "point_mass-easy"],
+    # MetaWorld's MT10 (robot-arm manipulation, scored by success rate); MW_MT50 is all 50 tasks, from the package.
+    "MW_MT10": [
+        f"metaworld-{task}-v3"
+        for task in (
+            "reach push pick-place door-open drawer-open drawer-close button-press-topdown peg-insert-side window-open "
+            "window-close"
+        ).split()
+    ],
 }
 
 
+def metaworld_tasks() -> list[str]:
+    """All MetaWorld v3 task ids, metaworld-<task>; the package is imported only when a run asks for it (~1.5 s)."""
+    try:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+    except ImportError as error:
+        raise SystemExit(f"MetaWorld tasks need metaworld ({error}): pip install -r requirements.txt") from None
+    return [f"metaworld-{name}" for name in ALL_V3_ENVIRONMENTS]
+
+
 def resolve_env_ids(env_ids: list[str]) -> list[str]:
-    """Expand suite names and check every `domain-task` id against dm_control before anything heavy starts."""
-    valid = {f"{domain}-{task}" for domain, task in suite.ALL_TASKS}
-    tasks = [t for name in env_ids for t in SUITES.get(name, [name])]
+    """Expand suite names and check every id against dm_control and MetaWorld before anything heavy starts."""
+    names = [t for name in env_ids for t in SUITES.get(name, [name])]
+    metaworld = metaworld_tasks() if any(t == "MW_MT50" or t.startswith("metaworld-") for t in names) else []
+    tasks = [t for name in names for t in (metaworld if name == "MW_MT50" else [name])]
+    valid = {f"{domain}-{task}" for domain, task in suite.ALL_TASKS} | set(metaworld)
     unknown = [t for t in tasks if t not in valid]
     if unknown or not tasks:
         domains = ", ".join(sorted({d for d, _ in suite.ALL_TASKS}))
+        close = {t: difflib.get_close_matches(t, valid, n=1) for t in unknown}
+        hints = "".join(f" {t}: did you mean {match[0]}?" for t, match in close.items() if match)
         raise SystemExit(
-            f"unknown task id(s) {unknown or env_ids}. Use dm_control `domain-task` ids such as dog-run or "
-            f"cartpole-swingup (domains: {domains}), or a suite: {', '.join(SUITES)}."
+            f"unknown task id(s) {unknown or env_ids}.{hints} Use dm_control `domain-task` ids such as dog-run or "
+            f"cartpole-swingup (domains: {domains}), MetaWorld v3 ids such as metaworld-reach-v3 or "
+            f"metaworld-pick-place-v3 (MW_MT50 runs all 50), or a suite: {', '.join(SUITES)}, MW_MT50."
         )
     if len(set(tasks)) != len(tasks):
         raise SystemExit(f"task list {tasks} names a task twice; each task must appear once")
@@ -154,7 +179,7 @@ def resolve_env_ids(env_ids: list[str]) -> list[str]:
 
 
 # How tasks of different sizes share one network. Every task's observation is zero-padded to the largest one
-# (DMCEnv's pad_to), and the actor emits the largest action size, of which task i's env uses the first |A_i| dims.
+# (pad_to of the env wrappers below), and the actor emits the largest action size, of which task i's env uses the first |A_i| dims.
 # The released code stops there; we go further, so that padded dims carry no signal and cost no entropy:
 #   - action_masks[i] is 1 on task i's own dims: actions are multiplied by it wherever they are drawn (the actor,
 #     the random-action phase), stored in the replay buffer or fed to the critic;
@@ -167,68 +192,6 @@ def action_masks_and_target_entropy(action_sizes: list[int], action_dim: int, de
     for i, size in enumerate(action_sizes):
         action_masks[i, :size] = 1
     return action_masks, -action_masks.sum(-1) / 2
-
-
-class DMCEnv(gym.Env):
-    """A dm_control task as a gymnasium env: the observation dict flattened to float32, actions in [-1, 1].
-
-    `terminated` is a true termination (dm_control's discount 0); `truncated` is the time limit, which bootstraps.
-    pad_to=(obs_dim, action_dim): zero-pad observations and ignore the extra action dims (see above).
-    """
-
-    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None, pad_to: Optional[tuple] = None):
-        domain, task = env_id.split("-", 1)
-        self.env_id = env_id
-        self.env = suite.load(domain, task, task_kwargs={"random": seed})
-        spec = self.env.action_spec()
-        self.action_low, self.action_high = spec.minimum, spec.maximum
-        self.obs_size = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
-        self.action_size = spec.shape[0]
-        obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
-        self.max_episode_steps = max_episode_steps
-        self.episode_step = 0
-
-    def _flat(self, observation) -> np.ndarray:
-        flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in observation.values()])
-        return np.pad(flat, (0, self.observation_space.shape[0] - self.obs_size))
-
-    def reset(self, seed: Optional[int] = None, options=None):
-        if seed is not None:
-            self.env.task.random.seed(seed)
-        self.episode_step = 0
-        return self._flat(self.env.reset().observation), {}
-
-    def step(self, action):
-        action = np.clip(action[: self.action_size], -1, 1)
-        action = self.action_low + (action + 1) / 2 * (self.action_high - self.action_low)
-        ts = self.env.step(action)
-        self.episode_step += 1
-        terminated = ts.last() and ts.discount == 0
-        truncated = (ts.last() and not terminated) or self.episode_step == self.max_episode_steps
-        return self._flat(ts.observation), float(ts.reward), terminated, truncated, {}
-
-    def render(self, size: int = 256) -> np.ndarray:
-        return self.env.physics.render(height=size, width=size, camera_id=0)
-
-    # -- exact resume: the simulator's full integration state and the task's RNG --
-    def get_state(self) -> dict:
-        physics_state = self.env.physics.get_state(sig=mujoco.mjtState.mjSTATE_INTEGRATION)
-        _, keys, pos, has_gauss, cached = self.env.task.random.get_state()
-        rng = {"rng_keys": torch.from_numpy(keys.astype(np.int64)), "rng_pos": pos, "rng_has_gauss": has_gauss}
-        steps = {"step": self.episode_step, "dm_step": self.env._step_count}
-        return {"physics": torch.from_numpy(physics_state), **rng, "rng_cached": cached, **steps}
-
-    def set_state(self, state: dict):
-        self.env.reset()
-        self.env.physics.set_state(state["physics"].numpy(), sig=mujoco.mjtState.mjSTATE_INTEGRATION)
-        self.env.physics.forward()
-        keys = state["rng_keys"].numpy().astype(np.uint32)
-        self.env.task.random.set_state(("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_cached"]))
-        self.episode_step, self.env._step_count = state["step"], state["dm_step"]  # dm_control's own time limit
-
-    state = property(get_state, set_state)  # what the vector env's get_attr/set_attr reach
 
 
 # ---- Networks ----
@@ -633,11 +596,146 @@ class ReplayBuffer:
             buf[:, : self.size] = saved.to(self.device)
 
 
+# ---- Environments: dm_control and MetaWorld ----
+class DMCEnv(gym.Env):
+    """A dm_control task as a gymnasium env: the observation dict flattened to float32, actions in [-1, 1].
+
+    `terminated` is a true termination (dm_control's discount 0); `truncated` is the time limit, which bootstraps.
+    pad_to=(obs_dim, action_dim): zero-pad observations and ignore the extra action dims (see Tasks).
+    """
+
+    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None, pad_to: Optional[tuple] = None):
+        domain, task = env_id.split("-", 1)
+        self.env_id = env_id
+        self.env = suite.load(domain, task, task_kwargs={"random": seed})
+        spec = self.env.action_spec()
+        self.action_low, self.action_high = spec.minimum, spec.maximum
+        self.obs_size = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
+        self.action_size = spec.shape[0]
+        obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+        self.max_episode_steps = max_episode_steps
+        self.episode_step = 0
+
+    def _flat(self, observation) -> np.ndarray:
+        flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in observation.values()])
+        return np.pad(flat, (0, self.observation_space.shape[0] - self.obs_size))
+
+    def reset(self, seed: Optional[int] = None, options=None):
+        if seed is not None:
+            self.env.task.random.seed(seed)
+        self.episode_step = 0
+        return self._flat(self.env.reset().observation), {}
+
+    def step(self, action):
+        action = np.clip(action[: self.action_size], -1, 1)
+        action = self.action_low + (action + 1) / 2 * (self.action_high - self.action_low)
+        ts = self.env.step(action)
+        self.episode_step += 1
+        terminated = ts.last() and ts.discount == 0
+        truncated = (ts.last() and not terminated) or self.episode_step == self.max_episode_steps
+        return self._flat(ts.observation), float(ts.reward), terminated, truncated, {}
+
+    def render(self, size: int = 256) -> np.ndarray:
+        return self.env.physics.render(height=size, width=size, camera_id=0)
+
+    # -- exact resume: the simulator's full state (with the targets a task places in the model) and the task's RNG --
+    def get_state(self) -> dict:
+        physics = run_utils.simulator_state(self.env.physics.model.ptr, self.env.physics.data.ptr)
+        _, keys, pos, has_gauss, cached = self.env.task.random.get_state()
+        rng = {"rng_keys": torch.from_numpy(keys.astype(np.int64)), "rng_pos": pos, "rng_has_gauss": has_gauss}
+        steps = {"step": self.episode_step, "dm_step": self.env._step_count}
+        return {"physics": physics, **rng, "rng_cached": cached, **steps}
+
+    def set_state(self, state: dict):
+        self.env.reset()
+        run_utils.set_simulator_state(self.env.physics.model.ptr, self.env.physics.data.ptr, state["physics"])
+        keys = state["rng_keys"].numpy().astype(np.uint32)
+        self.env.task.random.set_state(("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_cached"]))
+        self.episode_step, self.env._step_count = state["step"], state["dm_step"]  # dm_control's own time limit
+
+    state = property(get_state, set_state)  # what the vector env's get_attr/set_attr reach
+
+
+METAWORLD_EPISODE_STEPS = 200  # the released code's cut (MetaWorld v3's own limit is 500)
+
+
+class MetaWorldEnv(gym.Env):
+    """A MetaWorld v3 task (metaworld-reach-v3, ...), goal-observable like the released code's tasks: a 39-dim
+    observation (hand, gripper, objects, their previous values, the goal's position) to float32, padded; 4 actions
+    in [-1, 1] (the hand's xyz move, the grip). MetaWorld never terminates: episodes are truncated after 200 steps,
+    and bootstrap. info["success"] is MetaWorld's per-step flag; evaluation counts an episode a success if any
+    step is.
+
+    goals="fixed" (the released code): the object and goal positions are drawn once, from the seed, when the env
+    is built. Every training episode of a task starts the same way, and the evaluation envs (other seeds) test other
+    positions. goals="random": new positions every episode, drawn from the env's own seeded generator.
+    """
+
+    def __init__(self, env_id, seed, max_episode_steps=None, pad_to=None, goals: str = "fixed"):
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE as TASKS
+
+        self.env_id, self.goals = env_id, goals
+        self.env = TASKS[env_id.removeprefix("metaworld-") + "-goal-observable"](seed=seed)
+        self.env._freeze_rand_vec = goals == "fixed"
+        self.env.seeded_rand_vec = True  # new positions come from env.np_random, not NumPy's global generator
+        self.env.max_path_length = max_episode_steps or METAWORLD_EPISODE_STEPS  # it truncates there, never steps on
+        self.obs_size, self.action_size = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+        obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+        self.renderer = None
+
+    def _pad(self, obs: np.ndarray) -> np.ndarray:
+        return np.pad(obs.astype(np.float32), (0, self.observation_space.shape[0] - self.obs_size))
+
+    def reset(self, seed: Optional[int] = None, options=None):
+        if seed is not None:
+            self.env.seed(seed)  # MetaWorld ignores reset(seed=...)
+        return self._pad(self.env.reset()[0]), {}
+
+    def step(self, action):
+        obs, reward, _, truncated, info = self.env.step(np.clip(action[: self.action_size], -1, 1))
+        return self._pad(obs), float(reward), False, truncated, {"success": bool(info["success"])}
+
+    def render(self, size: int = 256) -> np.ndarray:
+        if self.renderer is None:
+            self.renderer = mujoco.Renderer(self.env.model, size, size)
+        self.renderer.update_scene(self.env.data, camera="corner")
+        return self.renderer.render()[::-1, ::-1]  # MetaWorld's cameras look upside down
+
+    # -- exact resume: the simulator's full state, MetaWorld's per-episode attributes (goal, step count, last
+    # observation, ...) and its random generator --
+    def get_state(self) -> dict:
+        physics = run_utils.simulator_state(self.env.model, self.env.data)
+        return {
+            "physics": physics,
+            "attributes": run_utils.plain_attributes(self.env, self.env.data),
+            "rng": self.env.np_random.bit_generator.state,
+        }
+
+    def set_state(self, state: dict):
+        run_utils.set_simulator_state(self.env.model, self.env.data, state["physics"])
+        run_utils.set_plain_attributes(self.env, state["attributes"], self.env.data)
+        self.env.np_random.bit_generator.state = state["rng"]
+
+    state = property(get_state, set_state)
+
+
+def make_env(env_id: str, seed: int, max_episode_steps=None, pad_to=None, metaworld_goals: str = "fixed") -> gym.Env:
+    """One task's environment: MetaWorld for metaworld-* ids, dm_control otherwise."""
+    if env_id.startswith("metaworld-"):
+        return MetaWorldEnv(env_id, seed, max_episode_steps, pad_to, metaworld_goals)
+    return DMCEnv(env_id, seed, max_episode_steps, pad_to)
+
+
 # ---- Evaluation ----
 def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None, stop=None):
-    """Mean return over `num_episodes` deterministic episodes per task; all tasks step in lockstep. When `stop()`
-    turns true (Ctrl-C), the evaluation ends after the current episode, with the mean of the episodes played."""
-    returns = np.zeros((len(envs), num_episodes))
+    """Mean return and success rate (the share of episodes with a success at any step; 0 for tasks that report
+    none) over `num_episodes` deterministic episodes per task; all tasks step in lockstep. When `stop()` turns true
+    (Ctrl-C), the evaluation ends after the current episode, with the means of the episodes played."""
+    returns, successes = np.zeros((len(envs), num_episodes)), np.zeros((len(envs), num_episodes))
     task_ids = torch.arange(len(envs), device=device)
     for episode in range(num_episodes):
         obs = np.zeros((len(envs), obs_dim), np.float32)
@@ -655,15 +753,16 @@ def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, s
                     continue
                 if video_dir is not None and episode == 0:
                     frames[i].append(env.render())
-                o, r, terminated, truncated, _ = env.step(actions[i, : env.action_space.shape[0]])
+                o, r, terminated, truncated, info = env.step(actions[i, : env.action_space.shape[0]])
                 obs[i, : len(o)] = o
                 returns[i, episode] += r
+                successes[i, episode] = max(successes[i, episode], info.get("success", False))
                 done[i] = terminated or truncated
         if video_dir is not None and episode == 0:
             run_utils.save_videos(video_dir, {env.env_id: env_frames for env, env_frames in zip(envs, frames)}, fps=30)
         if stop is not None and stop():
-            return returns[:, : episode + 1].mean(axis=1)
-    return returns.mean(axis=1)
+            return returns[:, : episode + 1].mean(axis=1), successes[:, : episode + 1].mean(axis=1)
+    return returns.mean(axis=1), successes.mean(axis=1)
 
 
 # ---- Ablations and transfer (not on BRC's default path) ----
@@ -776,8 +875,12 @@ def main(args: Args):
     rng = np.random.default_rng(args.seed)  # random actions before learning starts
 
     # -- Environments: one per task, observations zero-padded, actions cut to each task's own size --
-    eval_envs = [DMCEnv(env_id, args.seed + 10_000 + i, args.max_episode_steps) for i, env_id in enumerate(env_ids)]
+    eval_envs = [
+        make_env(t, args.seed + 10_000 + i, args.max_episode_steps, metaworld_goals=args.metaworld_goals)
+        for i, t in enumerate(env_ids)
+    ]
     action_sizes = [env.action_size for env in eval_envs]
+    metaworld = [i for i, t in enumerate(env_ids) if t.startswith("metaworld-")]  # the tasks with success rates
     obs_dim, action_dim = max(env.obs_size for env in eval_envs), max(action_sizes)
     # One task needs no conditioning, except in transfer, where the pretrained critic expects an embedding.
     conditioning = args.task_conditioning if num_tasks > 1 or args.init_from else "none"
@@ -818,7 +921,7 @@ def main(args: Args):
     label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
     with run_utils.Run("bro_mt.py", args, label, METRICS, device, resume=ckpt) as run:  # see run_utils.py
         env_fns = [
-            partial(DMCEnv, t, args.seed + i, args.max_episode_steps, (obs_dim, action_dim))
+            partial(make_env, t, args.seed + i, args.max_episode_steps, (obs_dim, action_dim), args.metaworld_goals)
             for i, t in enumerate(env_ids)
         ]
         envs = run.close_on_exit(run_utils.make_vector_env(env_fns, args.async_envs))
@@ -931,11 +1034,15 @@ def main(args: Args):
 
             # -- evaluate, log, checkpoint --
             if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                returns = evaluate(  # (Ctrl-C ends it after the current episode)
+                returns, successes = evaluate(  # (Ctrl-C ends it after the current episode)
                     actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, args.seed + global_step,
                     run.video_dir(global_step), stop=run.should_stop,
                 )  # fmt: skip
-                run.log_evaluation(global_step, dict(zip(env_ids, returns)), {"mean_return": returns.mean()})
+                summary, per_task = {"mean_return": returns.mean()}, {}
+                if metaworld:  # success rates: each MetaWorld task's, and their mean
+                    summary["success_rate"] = successes[metaworld].mean()
+                    per_task["success"] = {env_ids[i]: successes[i] for i in metaworld}
+                run.log_evaluation(global_step, dict(zip(env_ids, returns)), summary, per_task)
             if run.progress_due(global_step):
                 scalars = {"charts/alpha": log_alpha.exp().item()}
                 if args.reward_norm:  # the scales the last updates used

@@ -9,7 +9,8 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
                              interval means of the update's metrics, the NaN guard, guarded env steps, Ctrl-C /
                              SIGTERM / SIGHUP, periodic and final checkpoints
   Checkpoints .............. atomic saves with a checksum and a free-space check, loads with clear errors, --resume
-                             with the run's own flags, config checks, RNG capture and restore
+                             with the run's own flags, config checks, RNG capture and restore, a MuJoCo
+                             simulation's full state
   Fast paths ............... --compile (torch.compile) and --cudagraphs (record once, replay) around an update
 """
 
@@ -679,6 +680,72 @@ def restore_state(ckpt: dict, stateful: dict, rng, device, envs=None):
     if envs is not None:
         envs.set_attr("state", ckpt["envs"])
     print(f"resumed {ckpt['run_name']} at step {ckpt['global_step']:,}")
+
+
+# The model fields a task may move when it starts an episode: dm_control's reacher, fish and swimmer place their
+# targets there, MetaWorld its objects and goals. Saved with the simulation state, so a resume mid-episode keeps them.
+MOVABLE_MODEL_FIELDS = ("body_pos", "body_quat", "geom_pos", "geom_quat", "site_pos", "site_quat")
+
+
+def simulator_state(model, data) -> dict:
+    """A MuJoCo simulation's full integration state (time, positions, velocities, actuators, mocap bodies, controls,
+    warm start) and the movable model fields, as tensors (raw mujoco.MjModel / MjData)."""
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, data, state, spec)
+    fields = {name: torch.from_numpy(getattr(model, name).copy()) for name in MOVABLE_MODEL_FIELDS}
+    return {"integration": torch.from_numpy(state), **fields}
+
+
+def set_simulator_state(model, data, state: dict):
+    """Restore what simulator_state saved and recompute the derived quantities (positions of bodies, sites, ...)."""
+    import mujoco
+
+    for name in MOVABLE_MODEL_FIELDS:
+        getattr(model, name)[:] = state[name].numpy()
+    spec, integration = mujoco.mjtState.mjSTATE_INTEGRATION, state["integration"].numpy()
+    mujoco.mj_setState(model, data, integration, spec)
+    mujoco.mj_forward(model, data)
+    mujoco.mj_setState(model, data, integration, spec)  # mj_forward moved the solver's warm start: set it back
+
+
+def plain_attributes(obj, data=None) -> dict:
+    """Copies of an object's attributes that are plain values (None, bool, int, float, str, NumPy scalars and arrays),
+    in a form a checkpoint holds: what a simulator wrapper keeps between steps outside the simulator. An array that
+    is a view into the MjData `data` (MetaWorld keeps some positions that way, and they move with the simulation) is
+    saved as where it points, so that it is a view again after a restore."""
+    fields = {name: getattr(data, name) for name in dir(data) if not name.startswith("_")} if data is not None else {}
+    fields = {name: value for name, value in fields.items() if isinstance(value, np.ndarray) and value.size}
+    saved = {"arrays": {}, "numpy_scalars": {}, "python": {}, "views": {}}
+    for name, value in vars(obj).items():
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            views = (f for f, array in fields.items() if value.flags.c_contiguous and np.shares_memory(value, array))
+            field = next(views, None)
+            if field is None:
+                saved["arrays"][name] = torch.from_numpy(value.copy())
+            else:  # the offset, in elements, of a contiguous view into data.<field>
+                offset = value.__array_interface__["data"][0] - fields[field].__array_interface__["data"][0]
+                saved["views"][name] = (field, offset // value.itemsize, list(value.shape))
+        elif isinstance(value, np.generic):
+            saved["numpy_scalars"][name] = torch.from_numpy(np.asarray(value).copy())
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            saved["python"][name] = value
+    return saved
+
+
+def set_plain_attributes(obj, saved: dict, data=None):
+    """Set the attributes plain_attributes saved, with their types (arrays, views into `data`, NumPy scalars,
+    Python values)."""
+    for name, value in saved["arrays"].items():
+        setattr(obj, name, value.numpy().copy())
+    for name, (field, offset, shape) in saved["views"].items():
+        setattr(obj, name, getattr(data, field).reshape(-1)[offset : offset + math.prod(shape)].reshape(shape))
+    for name, value in saved["numpy_scalars"].items():
+        setattr(obj, name, value.numpy()[()])
+    for name, value in saved["python"].items():
+        setattr(obj, name, value)
 
 
 # ---- Fast paths (opt-in; each script's eager `update` is the reference) ----

@@ -916,7 +916,8 @@ def test_dmc_env_truncation_flag():
     assert flags == [(False, False)] * 3 + [(False, True)]
 
 
-@pytest.mark.parametrize("env_id", ["cartpole-balance", "point_mass-easy"])
+# reacher places its target in the model (geom_pos) when an episode starts: the state must carry it.
+@pytest.mark.parametrize("env_id", ["cartpole-balance", "point_mass-easy", "reacher-easy"])
 def test_dmc_env_state_round_trip(env_id):
     rng = np.random.default_rng(0)
     env = bro_mt.DMCEnv(env_id, seed=1, max_episode_steps=20)

@@ -140,11 +140,11 @@ def test_ctrl_c_ends_an_mt_evaluation_after_the_current_episode():
     envs = [bro_mt.DMCEnv("cartpole-balance", 0, max_episode_steps=20), bro_mt.DMCEnv("point_mass-easy", 1, 20)]
     critic, actor = bro_mt.Critic(5, 2, 2, 16), bro_mt.Actor(5, 2, 32)
     masks = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    full = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0)
+    full, _ = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0)
     asked = []
-    cut = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0, stop=lambda: asked.append(1) or True)
+    cut, _ = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0, stop=lambda: asked.append(1) or True)
     assert asked == [1]  # asked once, after the first episode, which it finished
-    first_only = bro_mt.evaluate(actor, critic, envs, 5, 1, masks, "cpu", seed=0)
+    first_only, _ = bro_mt.evaluate(actor, critic, envs, 5, 1, masks, "cpu", seed=0)
     np.testing.assert_array_equal(cut, first_only)
     assert full.shape == cut.shape == (2,)
 
