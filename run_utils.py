@@ -381,6 +381,8 @@ class Run:
     def progress_due(self, step: int) -> bool:
         """A progress line is due every --log-interval steps, and at least once a minute when steps are slow (unless
         the regular line is about to come)."""
+        if self.learning_since is None and self.metrics_count:  # the first step with updates: the ETA's rate from here
+            self.learning_since = (step, time.time())
         interval = self.args.log_interval
         slow = time.time() - self.last_progress[1] >= 60 and step % interval < 0.9 * interval  # not just before a line
         return step % interval == 0 or slow
@@ -399,7 +401,7 @@ class Run:
             self.learning_since = self.learning_since or self.last_progress  # (step, time) the updates started near
             learning_sps = (step - self.learning_since[0]) / max(now - self.learning_since[1], 1e-9)
             eta = (self.total_steps - step) / max(learning_sps, 1e-9)
-            line += f" | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m"
+            line += f" | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m" if learning_sps else " | ETA at the next line"
             values = dict(zip(self.metric_names, (self.metrics_sum / self.metrics_count).tolist())) | scalars
             self.log(values, step)
             line += " | " + summary.format_map(values)

@@ -152,6 +152,25 @@ def test_the_eta_comes_from_the_average_rate_since_the_updates_started(clock, si
     assert lines[2] == "step 2,003/36,100 | 0.1 steps/s | ETA 1h24m | a 1"  # 1,003 steps in 150 s, not 0.06 steps/s
 
 
+def test_the_eta_ignores_the_random_phase_when_updates_start_on_a_progress_line(clock, signals, capsys):
+    """--learning-starts 1000 with --log-interval 1000: the first update runs at the step of a progress line. The
+    loop asks progress_due every step, which notes where the updates started."""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        clock.now += 1  # 999 random steps in a second
+        run.add_metrics(torch.tensor([1.0]))  # the first update, at step 1000
+        assert run.progress_due(1000)
+        run.progress(1000, {}, "a {losses/a:.0f}")
+        for step in range(1001, 2001):
+            clock.now += 0.1  # learning: 10 steps/s, 34,100 steps to go after step 2000
+            run.add_metrics(torch.tensor([1.0]))
+            if run.progress_due(step):
+                run.progress(step, {}, "a {losses/a:.0f}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step 1,000/36,100 | 1000.0 steps/s | ETA at the next line | a 1"
+    assert lines[-1] == "step 2,000/36,100 | 10.0 steps/s | ETA 0h56m | a 1"  # not 0h28m, from 2000 steps in 101 s
+
+
 def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
     with run_utils.Run("bro_test.py", Args(), "label", ["losses/a", "charts/b"], CPU) as run:
         run.start()
