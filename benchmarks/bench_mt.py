@@ -186,9 +186,9 @@ def time_envs(env_ids, async_envs: bool, seconds: float) -> float:
     import numpy as np
 
     env_ids = bro_mt.resolve_env_ids(env_ids)
-    sizes = [(e.obs_size, e.action_size) for e in (bro_mt.DMCEnv(i, 0) for i in env_ids)]
+    sizes = [(e.obs_size, e.action_size) for e in (bro_mt.make_env(i, 0) for i in env_ids)]
     pad = (max(o for o, _ in sizes), max(a for _, a in sizes))
-    fns = [lambda i=i, env_id=env_id: bro_mt.DMCEnv(env_id, i, None, pad) for i, env_id in enumerate(env_ids)]
+    fns = [lambda i=i, env_id=env_id: bro_mt.make_env(env_id, i, None, pad) for i, env_id in enumerate(env_ids)]
     vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
     envs = vector_env(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.reset()
