@@ -2,6 +2,7 @@
 rates, task names, and a mixed MetaWorld + dm_control run that trains, evaluates, logs success and resumes exactly."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -107,6 +108,17 @@ def test_metaworld_env_resumes_exactly_across_an_episode_end(task):
         assert rest1 == rest2
 
 
+def test_metaworld_renders_frames_that_follow_the_arm():
+    env = bro_mt.MetaWorldEnv("metaworld-reach-v3", 0)
+    env.reset()
+    before = env.render()
+    for _ in range(20):
+        env.step(np.array([1.0, 0.0, 0.0, 0.0]))  # the hand moves sideways
+    after = env.render()
+    assert before.shape == after.shape == (256, 256, 3) and before.dtype == np.uint8
+    assert before.std() > 10 and np.abs(before.astype(int) - after).mean() > 0.5
+
+
 class SuccessAt:
     """A stand-in env that reports success only at step `at` of the episodes listed in `successful`."""
 
@@ -154,11 +166,13 @@ def test_mixed_metaworld_and_dm_control_run_trains_logs_success_and_resumes_exac
     def run(**overrides):
         return bro_mt.main(bro_mt.Args(**{**MIXED, **overrides}))
 
-    full_path = run(total_timesteps=200, save_buffer=True)
+    full_path = run(total_timesteps=200, save_buffer=True, capture_video=True)
     out = capsys.readouterr().out
+    videos = sorted(os.listdir(os.path.join(os.path.dirname(full_path), "videos", "step200")))
+    assert videos == ["cartpole-balance.mp4", "metaworld-reach-v3.mp4"]
     assert "tasks (2): metaworld-reach-v3 (obs 39, act 4), cartpole-balance (obs 5, act 1)" in out
     assert "eval @ 200: mean_return " in out and " success_rate " in out
-    logged = scalars(full_path.rsplit("/", 1)[0])
+    logged = scalars(os.path.dirname(full_path))
     assert len(logged["eval/success/metaworld-reach-v3"]) == len(logged["eval/success_rate"]) == 2
     assert set(logged["eval/success_rate"]) <= {0.0, 0.5, 1.0}  # 2 episodes of one MetaWorld task
     assert "eval/success/cartpole-balance" not in logged  # dm_control reports no success
