@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What only a GPU can show, in one command that ends within 8 minutes on an H100 / H200:
-#   1. CUDA smoke runs of both scripts (eager; --compile --cudagraphs --bf16 for bro_mt.py; --cudagraphs for Atari),
+#   1. CUDA smoke runs of both scripts (eager; --compile --cudagraphs --bf16 for bro_mt.py, on a dm_control and a
+#      MetaWorld task; --cudagraphs for Atari),
 #   2. the GPU-only agreement tests (compile, CUDA graphs and bf16 against the eager float32 update),
 #   3. the update benchmark of presets 1M-256M in eager / compile / compile+cudagraphs / +bf16, with TFLOP/s.
 # Run from a checkout where `pip install -r requirements-dev.txt` was done:
@@ -54,7 +55,7 @@ say ""
 say "| check | result | time |"
 say "|---|---|---|"
 
-MT_SMOKE="--env-ids DMC_TINY --critic-width 512 --batch-size 256 --learning-starts 500 --total-timesteps 1500"
+MT_SMOKE="--env-ids cartpole-balance metaworld-reach-v3 --critic-width 512 --batch-size 256 --learning-starts 500 --total-timesteps 1500"
 MT_SMOKE="$MT_SMOKE --eval-interval 1500 --eval-episodes 1 --save-minutes 0"
 phase "bro_mt.py on CUDA, eager (1,500 steps)" 40 bash -c "cd $RUNS && python $PWD/bro_mt.py $MT_SMOKE"
 phase "bro_mt.py --compile --cudagraphs --bf16" 90 \
