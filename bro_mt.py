@@ -676,7 +676,7 @@ class MetaWorldEnv(gym.Env):
     def __init__(self, env_id, seed, max_episode_steps=None, pad_to=None, goals: str = "fixed"):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE as TASKS
 
-        self.env_id, self.goals = env_id, goals
+        self.env_id = env_id
         self.env = TASKS[env_id.removeprefix("metaworld-") + "-goal-observable"](seed=seed)
         self.env._freeze_rand_vec = goals == "fixed"
         self.env.seeded_rand_vec = True  # new positions come from env.np_random, not NumPy's global generator
@@ -700,10 +700,16 @@ class MetaWorldEnv(gym.Env):
         return self._pad(obs), float(reward), False, truncated, {"success": bool(info["success"])}
 
     def render(self, size: int = 256) -> np.ndarray:
-        if self.renderer is None:
+        if self.renderer is None or self.renderer.height != size:
+            self.close()
             self.renderer = mujoco.Renderer(self.env.model, size, size)
         self.renderer.update_scene(self.env.data, camera="corner")
-        return self.renderer.render()[::-1, ::-1]  # MetaWorld's cameras look upside down
+        return self.renderer.render()[::-1, ::-1].copy()  # MetaWorld's cameras look upside down
+
+    def close(self):
+        if self.renderer is not None:  # its OpenGL context, freed while OpenGL still runs (not at interpreter exit)
+            self.renderer.close()
+            self.renderer = None
 
     # -- exact resume: the simulator's full state, MetaWorld's per-episode attributes (goal, step count, last
     # observation, ...) and its random generator --
@@ -925,6 +931,8 @@ def main(args: Args):
             for i, t in enumerate(env_ids)
         ]
         envs = run.close_on_exit(run_utils.make_vector_env(env_fns, args.async_envs))
+        for env in eval_envs:  # (their renderers)
+            run.close_on_exit(env)
 
         # -- Networks and optimisers --
         with run_utils.announce("initialising the networks"):

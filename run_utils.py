@@ -705,6 +705,11 @@ def set_simulator_state(model, data, state: dict):
     """Restore what simulator_state saved and recompute the derived quantities (positions of bodies, sites, ...)."""
     import mujoco
 
+    if not isinstance(state, dict):  # before MetaWorld: dm_control's state alone, from MuJoCo 3.17
+        raise SystemExit(
+            "this checkpoint's simulator state comes from an earlier version of this code (MuJoCo 3.17, before "
+            "MetaWorld support) and cannot be restored on MuJoCo 3.3: start a new run, or resume with that version"
+        )
     for name in MOVABLE_MODEL_FIELDS:
         getattr(model, name)[:] = state[name].numpy()
     spec, integration = mujoco.mjtState.mjSTATE_INTEGRATION, state["integration"].numpy()

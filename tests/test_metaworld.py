@@ -4,6 +4,7 @@ rates, task names, and a mixed MetaWorld + dm_control run that trains, evaluates
 import io
 import os
 
+import imageio
 import numpy as np
 import pytest
 import torch
@@ -168,8 +169,10 @@ def test_mixed_metaworld_and_dm_control_run_trains_logs_success_and_resumes_exac
 
     full_path = run(total_timesteps=200, save_buffer=True, capture_video=True)
     out = capsys.readouterr().out
-    videos = sorted(os.listdir(os.path.join(os.path.dirname(full_path), "videos", "step200")))
-    assert videos == ["cartpole-balance.mp4", "metaworld-reach-v3.mp4"]
+    video_dir = os.path.join(os.path.dirname(full_path), "videos", "step200")
+    assert sorted(os.listdir(video_dir)) == ["cartpole-balance.mp4", "metaworld-reach-v3.mp4"]
+    # Full-size frames, although the start-up check rendered the first task at 16 x 16.
+    assert imageio.v3.improps(os.path.join(video_dir, "metaworld-reach-v3.mp4")).shape[1:] == (256, 256, 3)
     assert "tasks (2): metaworld-reach-v3 (obs 39, act 4), cartpole-balance (obs 5, act 1)" in out
     assert "eval @ 200: mean_return " in out and " success_rate " in out
     logged = scalars(os.path.dirname(full_path))

@@ -950,3 +950,11 @@ def test_dmc_env_state_round_trip(env_id):
         for (o1, r1, t1, u1), (o2, r2, t2, u2) in zip(first, run):
             np.testing.assert_array_equal(o1, o2)
             assert (r1, t1, u1) == (r2, t2, u2)
+
+
+def test_a_simulator_state_from_before_metaworld_is_refused_clearly():
+    env = bro_mt.DMCEnv("cartpole-balance", 0)
+    env.reset()
+    old = env.get_state() | {"physics": torch.zeros(13)}  # the earlier format: one tensor
+    with pytest.raises(SystemExit, match="earlier version of this code .* start a new run"):
+        env.set_state(old)
