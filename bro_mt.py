@@ -837,7 +837,8 @@ def transfer(ckpt: dict, critic: Critic, actor: Actor):
 # ---- Training loop ----
 CHECKPOINT_KEYS = {
     "version", "run_name", "config", "global_step", "actor", "critic", "target_critic", "log_alpha", "actor_optimizer",
-    "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs", "episode_returns", "replay_buffer",
+    "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs", "episode_returns", "episode_success",
+    "replay_buffer",
 }  # fmt: skip
 
 
@@ -956,7 +957,7 @@ def main(args: Args):
 
         # -- The state a checkpoint holds, restored with --resume --
         obs, _ = envs.reset()  # [tasks, obs_dim]
-        episode_returns = np.zeros(num_tasks)
+        episode_returns, episode_success = np.zeros(num_tasks), np.zeros(num_tasks, bool)  # success: MetaWorld's
         global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
         stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha}
         stateful |= {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer}
@@ -964,14 +965,14 @@ def main(args: Args):
         if ckpt:
             run_utils.restore_state(ckpt, stateful, rng, device, envs)
             global_step, obs = ckpt["global_step"], ckpt["obs"].numpy()
-            episode_returns = ckpt["episode_returns"].numpy()
+            episode_returns, episode_success = ckpt["episode_returns"].numpy(), ckpt["episode_success"].numpy()
             first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
 
         def checkpoint() -> dict:
             buffer = rb.state_dict() if args.save_buffer else None
             return run_utils.checkpoint_state(
                 run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
-                episode_returns=episode_returns, replay_buffer=buffer,
+                episode_returns=episode_returns, episode_success=episode_success, replay_buffer=buffer,
             )  # fmt: skip
 
         # Each task's reward divisor, changed in place (a CUDA graph reads it from a fixed address); None: raw rewards.
@@ -1019,6 +1020,8 @@ def main(args: Args):
 
             # -- record --
             real_next_obs = next_obs.copy()  # where an episode ended, next_obs is already the reset observation
+            no_success = np.zeros(num_tasks, bool)  # (the flag of an episode's last step is in final_info)
+            episode_success |= infos.get("success", no_success) | infos.get("final_info", {}).get("success", no_success)
             for i in range(num_tasks):
                 normalizer.record(i, float(rewards[i]))
                 episode_returns[i] += rewards[i]
@@ -1026,7 +1029,9 @@ def main(args: Args):
                     real_next_obs[i] = infos["final_obs"][i]
                     normalizer.end_episode(i, bool(terminations[i]))
                     run.log({f"charts/episodic_return/{env_ids[i]}": episode_returns[i]}, global_step)
-                    episode_returns[i] = 0
+                    if i in metaworld:
+                        run.log({f"charts/success/{env_ids[i]}": float(episode_success[i])}, global_step)
+                    episode_returns[i], episode_success[i] = 0, False
 
             # -- store (the true final observation, even when the episode ended) --
             rb.add(obs, actions, rewards, real_next_obs, terminations)

@@ -163,6 +163,30 @@ def test_task_names_and_suites():
         bro_mt.resolve_env_ids(["reach-v3-goal-observable-nothing-like-it"])
 
 
+def test_training_episodes_log_success_at_any_step_including_the_last(monkeypatch):
+    """Success on one step of some episodes: the mid-episode flag comes in the step's info, the last step's in the
+    vector env's final_info. Each finished MetaWorld episode logs charts/success/{task}, dm_control ones nothing."""
+    step = bro_mt.MetaWorldEnv.step
+
+    def scripted(self, action):  # 40-step episodes: success at step 10 of episode 0, step 40 (the last) of 2
+        obs, reward, terminated, truncated, info = step(self, action)
+        episode, t = self.episodes_started, self.env.curr_path_length
+        return obs, reward, terminated, truncated, {"success": (episode, t) in {(1, 10), (3, 40)}}
+
+    reset = bro_mt.MetaWorldEnv.reset
+
+    def counting_reset(self, seed=None, options=None):
+        self.episodes_started = getattr(self, "episodes_started", 0) + 1
+        return reset(self, seed, options)
+
+    monkeypatch.setattr(bro_mt.MetaWorldEnv, "step", scripted)
+    monkeypatch.setattr(bro_mt.MetaWorldEnv, "reset", counting_reset)
+    path = bro_mt.main(bro_mt.Args(**{**MIXED, "total_timesteps": 160, "learning_starts": 1000, "eval_interval": 1000}))
+    logged = scalars(os.path.dirname(path))
+    assert logged["charts/success/metaworld-reach-v3"] == [1.0, 0.0, 1.0, 0.0]
+    assert "charts/success/cartpole-balance" not in logged
+
+
 def test_mixed_metaworld_and_dm_control_run_trains_logs_success_and_resumes_exactly(capsys):
     def run(**overrides):
         return bro_mt.main(bro_mt.Args(**{**MIXED, **overrides}))
@@ -179,7 +203,8 @@ def test_mixed_metaworld_and_dm_control_run_trains_logs_success_and_resumes_exac
     assert len(logged["eval/success/metaworld-reach-v3"]) == len(logged["eval/success_rate"]) == 2
     assert set(logged["eval/success_rate"]) <= {0.0, 0.5, 1.0}  # 2 episodes of one MetaWorld task
     assert "eval/success/cartpole-balance" not in logged  # dm_control reports no success
-    assert len(logged["charts/episodic_return/metaworld-reach-v3"]) == 200 // 40
+    assert len(logged["charts/episodic_return/metaworld-reach-v3"]) == len(logged["charts/success/metaworld-reach-v3"])
+    assert len(logged["charts/success/metaworld-reach-v3"]) == 200 // 40
     full = torch.load(full_path, weights_only=True)
     assert full["critic_optimizer"]["state"][0]["step"].item() == 2 * (200 - 50 + 1)  # real gradient updates
 
