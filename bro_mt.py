@@ -178,8 +178,8 @@ def resolve_env_ids(env_ids: list[str]) -> list[str]:
     return tasks
 
 
-# How tasks of different sizes share one network. Every task's observation is zero-padded to the largest one
-# (pad_to of the env wrappers below), and the actor emits the largest action size, of which task i's env uses the first |A_i| dims.
+# How tasks of different sizes share one network. Every task's observation is zero-padded to the largest one (pad_to
+# of the env wrappers below), and the actor emits the largest action size, of which task i's env uses the first |A_i|.
 # The released code stops there; we go further, so that padded dims carry no signal and cost no entropy:
 #   - action_masks[i] is 1 on task i's own dims: actions are multiplied by it wherever they are drawn (the actor,
 #     the random-action phase), stored in the replay buffer or fed to the critic;
