@@ -684,8 +684,8 @@ def restore_state(ckpt: dict, stateful: dict, rng, device, envs=None):
     print(f"resumed {ckpt['run_name']} at step {ckpt['global_step']:,}")
 
 
-# The model fields a task may move when it starts an episode: dm_control's reacher, fish and swimmer place their
-# targets there, MetaWorld its objects and goals. Saved with the simulation state, so a resume mid-episode keeps them.
+# The model fields a task may move when it starts an episode: dm_control's reacher, fish, swimmer and finger place
+# their targets there, MetaWorld its objects and goals. Saved with the simulation state, so a resume mid-episode keeps them.
 MOVABLE_MODEL_FIELDS = ("body_pos", "body_quat", "geom_pos", "geom_quat", "site_pos", "site_quat")
 
 
@@ -728,8 +728,8 @@ def plain_attributes(obj, data=None) -> dict:
     saved = {"arrays": {}, "numpy_scalars": {}, "python": {}, "views": {}}
     for name, value in vars(obj).items():
         if isinstance(value, np.ndarray) and value.dtype != object:
-            views = (f for f, array in fields.items() if value.flags.c_contiguous and np.shares_memory(value, array))
-            field = next(views, None)
+            views = (f for f, array in fields.items() if np.shares_memory(value, array))
+            field = next(views, None) if value.flags.c_contiguous else None
             if field is None:
                 saved["arrays"][name] = torch.from_numpy(value.copy())
             else:  # the offset, in elements, of a contiguous view into data.<field>
