@@ -72,7 +72,7 @@ def make_learner(num_games, width, encoder_width, batch_size, device, bf16=False
     q_network, target_network = bro_atari.QNetwork(*net_args).to(device), bro_atari.QNetwork(*net_args).to(device)
     target_network.load_state_dict(q_network.state_dict())
     target_network.requires_grad_(False)
-    optimizer = torch.optim.AdamW(q_network.parameters(), 3e-4, weight_decay=1e-4, foreach=True, capturable=capturable)
+    optimizer = torch.optim.AdamW(q_network.parameters(), 3e-4, weight_decay=1e-4, fused=True, capturable=capturable)
 
     def stacks():
         return torch.randint(0, 256, (batch_size, 4, 84, 84), dtype=torch.uint8, device=device)
