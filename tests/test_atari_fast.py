@@ -31,9 +31,7 @@ def learner(device="cpu", bf16=False, capturable=False):
     target_network = QNetwork(GAMES, ACTIONS, WIDTH, ENCODER_WIDTH, bf16=bf16).to(device)
     target_network.load_state_dict(q_network.state_dict())
     target_network.requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        q_network.parameters(), lr=3e-4, weight_decay=1e-4, fused=True, capturable=capturable
-    )
+    optimizer = torch.optim.AdamW(q_network.parameters(), lr=3e-4, weight_decay=1e-4, fused=True, capturable=capturable)
     return q_network, target_network, optimizer
 
 
