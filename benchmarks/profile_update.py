@@ -24,24 +24,43 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_mt  # noqa: E402
 
 MATMULS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"}
+COUNTS = ("matmul calls", "top-level ops", "backward nodes")
+
+
+def outermost(events, matches) -> list:
+    """The events that match and are not inside another match (their time includes what they call)."""
+
+    def inside_a_match(e):
+        parent = e.cpu_parent
+        while parent is not None:
+            if matches(parent):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return [e for e in events if matches(e) and not inside_a_match(e)]
 
 
 def breakdown(events, updates: int) -> dict:
-    """Milliseconds per update of each phase, from the profiler's top-level events (autograd runs the backward
-    on the calling thread on a CPU, so its nodes are top-level events too)."""
+    """Milliseconds per update of each phase. On a CPU autograd runs the backward on the calling thread, so its
+    nodes are events of this thread too (inside the compiled regions' events with --compile)."""
     top = [e for e in events if e.cpu_parent is None]
-    backward = [e for e in top if e.name.startswith("autograd::engine")]
-    optimiser = [e for e in top if e.name.startswith("Optimizer.") or "lerp" in e.name]  # lerp: the Polyak average
-    total = sum(e.cpu_time_total for e in top)
+    backward = outermost(events, lambda e: e.name.startswith("autograd::engine"))
+    optimiser = outermost(  # Optimizer.*: eager's steps; _fused_adam*: their kernels inside compiled regions
+        events,
+        lambda e: e.name.startswith(("Optimizer.", "aten::_fused_adam")) or "lerp" in e.name,  # lerp: Polyak
+    )
     ms = {
-        "total": total,
+        "total": sum(e.cpu_time_total for e in top),
         "backward": sum(e.cpu_time_total for e in backward),
         "optimisers and Polyak": sum(e.cpu_time_total for e in optimiser),
         "matmuls (their own time)": sum(e.self_cpu_time_total for e in events if e.name in MATMULS),
+        "Dynamo's guard checks": sum(e.self_cpu_time_total for e in events if e.name == "TorchDynamo Cache Lookup"),
     }
-    ms["forward"] = ms["total"] - ms["backward"] - ms["optimisers and Polyak"]
+    ms["forward and the rest"] = ms["total"] - ms["backward"] - ms["optimisers and Polyak"]
     ms = {k: v / 1e3 / updates for k, v in ms.items()}
-    ms["top-level ops"] = (len(top) - len(backward)) / updates
+    ms["matmul calls"] = sum(1 for e in events if e.name in MATMULS) / updates
+    ms["top-level ops"] = sum(1 for e in top if not e.name.startswith("autograd::engine")) / updates
     ms["backward nodes"] = len(backward) / updates
     return ms
 
@@ -79,6 +98,6 @@ if __name__ == "__main__":
           f"{gflop:.2f} GFLOP per update")  # fmt: skip
     for key in rows[0]:
         value = statistics.median(r[key] for r in rows)
-        unit = "" if key in ("top-level ops", "backward nodes") else " ms"
+        unit = "" if key in COUNTS else " ms"
         print(f"  {key:>26}: {value:8.1f}{unit} per update")
     print(last.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
