@@ -193,7 +193,8 @@ def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: st
             "networks on a CPU); lower --buffer-size"
         )
     place = device if buffer_bytes <= free - model_bytes else torch.device("cpu")
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    count = torch.get_num_threads()
+    threads = f" ({count} thread{'s' if count > 1 else ''})" if device.type == "cpu" else ""
     print(f"device {device}{threads}; replay buffer ~{gib(buffer_bytes)} on {place}")
     return place
 
