@@ -1038,10 +1038,8 @@ def main(args: Args):
             obs = next_obs
             global_step += 1
 
-            # -- update (the serial loop; see above for --async-envs) --
-            if (
-                not args.async_envs and global_step >= first_update_step
-            ):  # the first after `learning_starts` transitions
+            # -- update (the serial loop; see above for --async-envs): the first after `learning_starts` transitions --
+            if not args.async_envs and global_step >= first_update_step:
                 learn()
             run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
 
@@ -1067,11 +1065,13 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    description = """BRC for multi-task continuous control on dm_control (SAC with a categorical BroNet critic).
+    description = """BRC for multi-task continuous control on dm_control and MetaWorld (SAC with a categorical BroNet
+critic).
 
 Example, a small run on a laptop CPU:  python bro_mt.py --env-ids DMC_TINY --critic-width 128 --batch-size 128
 
 The defaults are the paper's setting (64M critic, 7 dog and humanoid tasks): that needs a GPU.
+MetaWorld: --env-ids MW_MT10 (or MW_MT50, or metaworld-reach-v3 ...).
 
 Every run writes runs/{run_name}/ (TensorBoard logs, checkpoint.pt); Ctrl-C saves a checkpoint to --resume from."""
     main(tyro.cli(Args, description=description))
