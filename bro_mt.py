@@ -23,36 +23,23 @@ What is not BRC (checkpoints, run folders, logging, signals, memory checks, --co
 envs) lives in run_utils.py; you never need to read it to learn the method.
 """
 
-import difflib
 import math
 import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, NamedTuple, Optional
 
-# MuJoCo picks its rendering backend when dm_control is imported. EGL renders headless on GPUs and most Linux
-# machines; set MUJOCO_GL=osmesa (Debian: libosmesa6) where EGL is missing.
-os.environ.setdefault("MUJOCO_GL", "egl")
 # Idle OpenMP threads sleep rather than spin (read when torch loads): spinning ones on a busy core slow every update.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_utils
-
-try:  # MuJoCo loads the MUJOCO_GL renderer on import: an unknown name or a missing library fails here
-    import mujoco
-    from dm_control import suite
-except (ImportError, RuntimeError, AttributeError) as error:
-    raise SystemExit(
-        f"MuJoCo cannot start with MUJOCO_GL={os.environ['MUJOCO_GL']!r} ({type(error).__name__}: {error}). "
-        "Use MUJOCO_GL=egl (Debian: libegl1) or MUJOCO_GL=osmesa (libosmesa6); without videos MUJOCO_GL=disable works."
-    ) from None
+from brc_utils import run as run_utils
+from brc_utils.envs import make_env, resolve_env_ids
 
 
 @dataclass
@@ -130,56 +117,11 @@ CRITIC_DEPTH, ACTOR_WIDTH, ACTOR_DEPTH, ENSEMBLE_SIZE = 2, 256, 1, 2
 
 
 # ---- Tasks ----
-SUITES = {
-    "DMC_DOGS": ["dog-stand", "dog-walk", "dog-trot", "dog-run"],
-    "DMC_HUMANOIDS": ["humanoid-stand", "humanoid-walk", "humanoid-run"],
-    "DMC_HARD": ["dog-stand", "dog-walk", "dog-trot", "dog-run", "humanoid-stand", "humanoid-walk", "humanoid-run"],
-    # Small suites with different observation and action sizes, for a laptop.
-    "DMC_EASY": ["cartpole-balance", "cartpole-swingup", "point_mass-easy", "reacher-easy"],
-    "DMC_TINY": ["cartpole-balance", "point_mass-easy"],
-    # MetaWorld's MT10 (robot-arm manipulation, scored by success rate); MW_MT50 is all 50 tasks, from the package.
-    "MW_MT10": [
-        f"metaworld-{task}-v3"
-        for task in (
-            "reach push pick-place door-open drawer-open drawer-close button-press-topdown peg-insert-side window-open "
-            "window-close"
-        ).split()
-    ],
-}
-
-
-def metaworld_tasks() -> list[str]:
-    """All MetaWorld v3 task ids, metaworld-<task>; the package is imported only when a run asks for it (~1.5 s)."""
-    try:
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-    except ImportError as error:
-        raise SystemExit(f"MetaWorld tasks need metaworld ({error}): pip install -r requirements.txt") from None
-    return [f"metaworld-{name}" for name in ALL_V3_ENVIRONMENTS]
-
-
-def resolve_env_ids(env_ids: list[str]) -> list[str]:
-    """Expand suite names and check every id against dm_control and MetaWorld before anything heavy starts."""
-    names = [t for name in env_ids for t in SUITES.get(name, [name])]
-    metaworld = metaworld_tasks() if any(t == "MW_MT50" or t.startswith("metaworld-") for t in names) else []
-    tasks = [t for name in names for t in (metaworld if name == "MW_MT50" else [name])]
-    valid = {f"{domain}-{task}" for domain, task in suite.ALL_TASKS} | set(metaworld)
-    unknown = [t for t in tasks if t not in valid]
-    if unknown or not tasks:
-        domains = ", ".join(sorted({d for d, _ in suite.ALL_TASKS}))
-        close = {t: difflib.get_close_matches(t, valid, n=1) for t in unknown}
-        hints = "".join(f" {t}: did you mean {match[0]}?" for t, match in close.items() if match)
-        raise SystemExit(
-            f"unknown task id(s) {unknown or env_ids}.{hints} Use dm_control `domain-task` ids such as dog-run or "
-            f"cartpole-swingup (domains: {domains}), MetaWorld v3 ids such as metaworld-reach-v3 or "
-            f"metaworld-pick-place-v3 (MW_MT50 runs all 50), or a suite: {', '.join(SUITES)}, MW_MT50."
-        )
-    if len(set(tasks)) != len(tasks):
-        raise SystemExit(f"task list {tasks} names a task twice; each task must appear once")
-    return tasks
-
-
+# Task ids are dm_control's `domain-task` (dog-run) and MetaWorld's `metaworld-<task>-v3`; suites name lists of them
+# (DMC_HARD, DMC_EASY, MW_MT10, ...). Both, and the env adapters, live in brc_utils/envs.py: not BRC.
+#
 # How tasks of different sizes share one network. Every task's observation is zero-padded to the largest one (pad_to
-# of the env wrappers below), and the actor emits the largest action size, of which task i's env uses the first |A_i|.
+# of the env adapters, brc_utils/envs.py), and the actor emits the largest action size, of which task i's env uses the first |A_i|.
 # The released code stops there; we go further, so that padded dims carry no signal and cost no entropy:
 #   - action_masks[i] is 1 on task i's own dims: actions are multiplied by it wherever they are drawn (the actor,
 #     the random-action phase), stored in the replay buffer or fed to the critic;
@@ -594,146 +536,6 @@ class ReplayBuffer:
         self.pos, self.size = state["pos"], state["size"]
         for buf, saved in zip(self._fields(), state["data"]):
             buf[:, : self.size] = saved.to(self.device)
-
-
-# ---- Environments: dm_control and MetaWorld ----
-class DMCEnv(gym.Env):
-    """A dm_control task as a gymnasium env: the observation dict flattened to float32, actions in [-1, 1].
-
-    `terminated` is a true termination (dm_control's discount 0); `truncated` is the time limit, which bootstraps.
-    pad_to=(obs_dim, action_dim): zero-pad observations and ignore the extra action dims (see Tasks).
-    """
-
-    def __init__(self, env_id: str, seed: int, max_episode_steps: Optional[int] = None, pad_to: Optional[tuple] = None):
-        domain, task = env_id.split("-", 1)
-        self.env_id = env_id
-        self.env = suite.load(domain, task, task_kwargs={"random": seed})
-        spec = self.env.action_spec()
-        self.action_low, self.action_high = spec.minimum, spec.maximum
-        self.obs_size = sum(int(np.prod(v.shape)) for v in self.env.observation_spec().values())
-        self.action_size = spec.shape[0]
-        obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
-        self.max_episode_steps = max_episode_steps
-        self.episode_step = 0
-
-    def _flat(self, observation) -> np.ndarray:
-        flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in observation.values()])
-        return np.pad(flat, (0, self.observation_space.shape[0] - self.obs_size))
-
-    def reset(self, seed: Optional[int] = None, options=None):
-        if seed is not None:
-            self.env.task.random.seed(seed)
-        self.episode_step = 0
-        return self._flat(self.env.reset().observation), {}
-
-    def step(self, action):
-        action = np.clip(action[: self.action_size], -1, 1)
-        action = self.action_low + (action + 1) / 2 * (self.action_high - self.action_low)
-        ts = self.env.step(action)
-        self.episode_step += 1
-        terminated = ts.last() and ts.discount == 0
-        truncated = (ts.last() and not terminated) or self.episode_step == self.max_episode_steps
-        return self._flat(ts.observation), float(ts.reward), terminated, truncated, {}
-
-    def render(self, size: int = 256) -> np.ndarray:
-        return self.env.physics.render(height=size, width=size, camera_id=0)
-
-    # -- exact resume: the simulator's full state (with the targets a task places in the model) and the task's RNG --
-    def get_state(self) -> dict:
-        physics = run_utils.simulator_state(self.env.physics.model.ptr, self.env.physics.data.ptr)
-        _, keys, pos, has_gauss, cached = self.env.task.random.get_state()
-        rng = {"rng_keys": torch.from_numpy(keys.astype(np.int64)), "rng_pos": pos, "rng_has_gauss": has_gauss}
-        steps = {"step": self.episode_step, "dm_step": self.env._step_count}
-        return {"physics": physics, **rng, "rng_cached": cached, **steps}
-
-    def set_state(self, state: dict):
-        self.env.reset()
-        run_utils.set_simulator_state(self.env.physics.model.ptr, self.env.physics.data.ptr, state["physics"])
-        keys = state["rng_keys"].numpy().astype(np.uint32)
-        self.env.task.random.set_state(("MT19937", keys, state["rng_pos"], state["rng_has_gauss"], state["rng_cached"]))
-        self.episode_step, self.env._step_count = state["step"], state["dm_step"]  # dm_control's own time limit
-
-    state = property(get_state, set_state)  # what the vector env's get_attr/set_attr reach
-
-
-METAWORLD_EPISODE_STEPS = 200  # the released code's cut (MetaWorld v3's own limit is 500)
-
-
-class MetaWorldEnv(gym.Env):
-    """A MetaWorld v3 task (metaworld-reach-v3, ...), goal-observable like the released code's tasks: a 39-dim
-    observation (hand, gripper, objects, their previous values, the goal's position) to float32, padded; 4 actions
-    in [-1, 1] (the hand's xyz move, the grip). MetaWorld never terminates: episodes are truncated after 200 steps,
-    and bootstrap. info["success"] is MetaWorld's per-step flag; evaluation counts an episode a success if any
-    step is.
-
-    goals="fixed" (the released code): the object and goal positions are drawn once, from the seed, when the env
-    is built. Every training episode of a task starts the same way, and the evaluation envs (other seeds) test other
-    positions. goals="random": new positions every episode, drawn from the env's own seeded generator.
-    """
-
-    def __init__(self, env_id, seed, max_episode_steps=None, pad_to=None, goals: str = "fixed"):
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE as TASKS
-
-        self.env_id = env_id
-        self.env = TASKS[env_id.removeprefix("metaworld-") + "-goal-observable"](seed=seed)
-        self.env._freeze_rand_vec = goals == "fixed"
-        self.env.seeded_rand_vec = True  # new positions come from env.np_random, not NumPy's global generator
-        self.env.max_path_length = max_episode_steps or METAWORLD_EPISODE_STEPS  # it truncates there, never steps on
-        self.obs_size, self.action_size = self.env.observation_space.shape[0], self.env.action_space.shape[0]
-        obs_dim, action_dim = pad_to or (self.obs_size, self.action_size)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
-        self.renderer = None
-
-    def _pad(self, obs: np.ndarray) -> np.ndarray:
-        return np.pad(obs.astype(np.float32), (0, self.observation_space.shape[0] - self.obs_size))
-
-    def reset(self, seed: Optional[int] = None, options=None):
-        if seed is not None:
-            self.env.seed(seed)  # MetaWorld ignores reset(seed=...)
-        return self._pad(self.env.reset()[0]), {}
-
-    def step(self, action):
-        obs, reward, _, truncated, info = self.env.step(np.clip(action[: self.action_size], -1, 1))
-        return self._pad(obs), float(reward), False, truncated, {"success": bool(info["success"])}
-
-    def render(self, size: int = 256) -> np.ndarray:
-        if self.renderer is None or self.renderer.height != size:
-            self.close()
-            self.renderer = mujoco.Renderer(self.env.model, size, size)
-        self.renderer.update_scene(self.env.data, camera="corner")
-        return self.renderer.render()[::-1, ::-1].copy()  # MetaWorld's cameras look upside down
-
-    def close(self):
-        if self.renderer is not None:  # its OpenGL context, freed while OpenGL still runs (not at interpreter exit)
-            self.renderer.close()
-            self.renderer = None
-
-    # -- exact resume: the simulator's full state, MetaWorld's per-episode attributes (goal, step count, last
-    # observation, ...) and its random generator --
-    def get_state(self) -> dict:
-        physics = run_utils.simulator_state(self.env.model, self.env.data)
-        return {
-            "physics": physics,
-            "attributes": run_utils.plain_attributes(self.env, self.env.data),
-            "rng": self.env.np_random.bit_generator.state,
-        }
-
-    def set_state(self, state: dict):
-        run_utils.set_simulator_state(self.env.model, self.env.data, state["physics"])
-        run_utils.set_plain_attributes(self.env, state["attributes"], self.env.data)
-        self.env.np_random.bit_generator.state = state["rng"]
-
-    state = property(get_state, set_state)
-
-
-def make_env(env_id: str, seed: int, max_episode_steps=None, pad_to=None, metaworld_goals: str = "fixed") -> gym.Env:
-    """One task's environment: MetaWorld for metaworld-* ids, dm_control otherwise."""
-    if env_id.startswith("metaworld-"):
-        return MetaWorldEnv(env_id, seed, max_episode_steps, pad_to, metaworld_goals)
-    return DMCEnv(env_id, seed, max_episode_steps, pad_to)
 
 
 # ---- Evaluation ----

@@ -11,7 +11,7 @@ prints "n/a" and why. Every mode times the training loop's own update_step (run_
 critic cross-entropy -> AdamW -> Polyak) on a random batch of uint8 frame stacks; replay sampling is excluded.
 "first s" is the first call (torch.compile compiles then).
 
-Emulation steps every game of --env-ids once per step with random actions through bro_atari.GameEnv (4 emulator
+Emulation steps every game of --env-ids once per step with random actions through brc_atari.GameEnv (4 emulator
 frames per step, max-pool and 84x84 resize included). The loop columns are measured, not derived: random actions, the
 vector env's step and --updates-per-step updates per step, with one host sync per step as the training loop's NaN
 check does. "serial" is the default loop, ~1 / (t_env + k t_update); "async" steps the games in worker processes
@@ -37,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_atari  # noqa: E402
-import run_utils  # noqa: E402
+from brc_utils import atari as brc_atari  # noqa: E402
+from brc_utils import run as run_utils  # noqa: E402
 
 MODES = ["eager", "compile", "compile+cudagraphs", "bf16"]
 
@@ -161,9 +162,9 @@ def time_loop(envs, update_step, batch, updates_per_step, device, seconds, async
 
 def make_envs(games, async_envs):
     def make_env(game, seed):
-        return bro_atari.AtariGame(game, seed, full_action_space=len(games) > 1)
+        return brc_atari.AtariGame(game, seed, full_action_space=len(games) > 1)
 
-    env_fns = [partial(bro_atari.GameEnv, make_env, game, i) for i, game in enumerate(games)]
+    env_fns = [partial(brc_atari.GameEnv, make_env, game, i) for i, game in enumerate(games)]
     vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
     envs = vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.reset()
@@ -206,12 +207,12 @@ if __name__ == "__main__":
             else f", {torch.get_num_threads()} threads"
         )
     )
-    games = bro_atari.resolve_env_ids(args.env_ids)
+    games = brc_atari.resolve_env_ids(args.env_ids)
     serial_envs, async_envs = make_envs(games, False), make_envs(games, True)
     steps_per_s = time_emulation(serial_envs, args.seconds)
     print(
         f"emulation ({len(games)} games: {', '.join(games)}): {steps_per_s:.1f} steps/s = "
-        f"{steps_per_s * len(games) * bro_atari.FRAME_SKIP:.0f} frames/s"
+        f"{steps_per_s * len(games) * brc_atari.FRAME_SKIP:.0f} frames/s"
     )
     sizes = [(p, bro_atari.MODEL_SIZES[p]) for p in args.presets] + [("custom", w) for w in args.widths]
     formula = update_flops(2, len(games), 18, sizes[0][1], args.encoder_width)

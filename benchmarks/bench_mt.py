@@ -34,7 +34,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bro_mt  # noqa: E402
-import run_utils  # noqa: E402
+from brc_utils import envs as brc_envs  # noqa: E402
+from brc_utils import run as run_utils  # noqa: E402
 
 MODES = {
     "eager": {},
@@ -185,10 +186,10 @@ def time_envs(env_ids, async_envs: bool, seconds: float) -> float:
     import gymnasium as gym
     import numpy as np
 
-    env_ids = bro_mt.resolve_env_ids(env_ids)
-    sizes = [(e.obs_size, e.action_size) for e in (bro_mt.make_env(i, 0) for i in env_ids)]
+    env_ids = brc_envs.resolve_env_ids(env_ids)
+    sizes = [(e.obs_size, e.action_size) for e in (brc_envs.make_env(i, 0) for i in env_ids)]
     pad = (max(o for o, _ in sizes), max(a for _, a in sizes))
-    fns = [lambda i=i, env_id=env_id: bro_mt.make_env(env_id, i, None, pad) for i, env_id in enumerate(env_ids)]
+    fns = [lambda i=i, env_id=env_id: brc_envs.make_env(env_id, i, None, pad) for i, env_id in enumerate(env_ids)]
     vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
     envs = vector_env(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.reset()

@@ -1,4 +1,4 @@
-"""MetaWorld's scripted expert policies driven through bro_mt.MetaWorldEnv: how often and how soon they succeed.
+"""MetaWorld's scripted expert policies driven through brc_envs.MetaWorldEnv: how often and how soon they succeed.
 
     python benchmarks/metaworld_experts.py                       # all 50 tasks, 5 episodes each, ~4 CPU minutes
     python benchmarks/metaworld_experts.py --tasks reach-v3 push-v3 --episodes 20
@@ -18,14 +18,14 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bro_mt  # noqa: E402  (sets MUJOCO_GL before MuJoCo loads)
+from brc_utils import envs as brc_envs  # noqa: E402  (sets MUJOCO_GL before MuJoCo loads)
 
 
 def first_successes(task: str, episodes: int, max_steps: int) -> list:
     """The step of each episode's first success (None: no success within max_steps)."""
     from metaworld.policies import ENV_POLICY_MAP
 
-    env = bro_mt.MetaWorldEnv(f"metaworld-{task}", 0, max_steps, pad_to=(45, 6), goals="random")
+    env = brc_envs.MetaWorldEnv(f"metaworld-{task}", 0, max_steps, pad_to=(45, 6), goals="random")
     policy, found = ENV_POLICY_MAP[task](), []
     for episode in range(episodes):
         obs, _ = env.reset(seed=0 if episode == 0 else None)
@@ -47,7 +47,7 @@ def main():
     parser.add_argument("--cut", type=int, default=200, help="the episode length to compare with --max-steps")
     parser.add_argument("--max-steps", type=int, default=500, help="the longest episode tried")
     args = parser.parse_args()
-    tasks = args.tasks or [t.removeprefix("metaworld-") for t in bro_mt.metaworld_tasks()]
+    tasks = args.tasks or [t.removeprefix("metaworld-") for t in brc_envs.metaworld_tasks()]
     warnings.filterwarnings("ignore", message="Constant")  # the experts' own warning about their gains
     start, rows = time.time(), []
     print(f"| task | success within {args.cut} | within {args.max_steps} | median first success | latest |")

@@ -1,4 +1,4 @@
-"""Exact resume of every MetaWorld task through bro_mt.MetaWorldEnv's checkpoint state (~1-2 CPU minutes).
+"""Exact resume of every MetaWorld task through brc_envs.MetaWorldEnv's checkpoint state (~1-2 CPU minutes).
 
     python benchmarks/metaworld_resume.py                  # all 50 tasks
     python benchmarks/metaworld_resume.py reach-v3 push-v3
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bro_mt  # noqa: E402
+from brc_utils import envs as brc_envs  # noqa: E402
 
 
 def roll(env, actions) -> list:
@@ -35,7 +35,7 @@ def roll(env, actions) -> list:
 def first_difference(task: str):
     """None if the restored env repeats the original exactly, else the index of the first differing step."""
     rng = np.random.default_rng(0)
-    env = bro_mt.MetaWorldEnv(f"metaworld-{task}", 5, 60, goals="random")
+    env = brc_envs.MetaWorldEnv(f"metaworld-{task}", 5, 60, goals="random")
     env.reset(seed=7)
     roll(env, rng.uniform(-1, 1, (90, 4)))
     buffer = io.BytesIO()
@@ -44,7 +44,7 @@ def first_difference(task: str):
     saved = torch.load(buffer, weights_only=True)
     actions = rng.uniform(-1, 1, (100, 4))
     first = roll(env, actions)
-    other = bro_mt.MetaWorldEnv(f"metaworld-{task}", 123, 60, goals="random")
+    other = brc_envs.MetaWorldEnv(f"metaworld-{task}", 123, 60, goals="random")
     other.reset()
     other.state = saved
     second = roll(other, actions)
@@ -55,7 +55,7 @@ def first_difference(task: str):
 
 
 def main():
-    tasks = sys.argv[1:] or [t.removeprefix("metaworld-") for t in bro_mt.metaworld_tasks()]
+    tasks = sys.argv[1:] or [t.removeprefix("metaworld-") for t in brc_envs.metaworld_tasks()]
     start = time.time()
     differ = {task: step for task in tasks if (step := first_difference(task)) is not None}
     print(f"{len(tasks)} tasks in {time.time() - start:.0f} s; exact: {len(tasks) - len(differ)}", end="")

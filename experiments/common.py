@@ -103,7 +103,7 @@ def bro_args(ns: argparse.Namespace, env_ids: list[str], seed: int, exp_name: st
 def train(job: Job) -> dict:
     """Worker: run bro_mt.main for `job` in its own working directory and return its eval rows.
 
-    Runs in a fresh process (see `run_jobs`), so patching `bro_mt.DMCEnv` for a reward rescale touches nobody else.
+    Runs in a fresh process (see `run_jobs`), so patching `brc_utils.envs.DMCEnv` for a reward rescale touches nobody else.
     A run that stops itself (bro_mt raises SystemExit on a non-finite loss) returns the rows it logged so far;
     one stopped from outside (Ctrl-C, SIGTERM: bro_mt saves and returns early) is marked `interrupted`.
     """
@@ -111,18 +111,19 @@ def train(job: Job) -> dict:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     import bro_mt
+    from brc_utils import envs as brc_envs
 
     if job.reward_scales:
         scales = job.reward_scales
 
-        class ScaledRewardEnv(bro_mt.DMCEnv):
+        class ScaledRewardEnv(brc_envs.DMCEnv):
             """The same task with its rewards multiplied by a constant (training and evaluation envs alike)."""
 
             def step(self, action):
                 obs, reward, terminated, truncated, info = super().step(action)
                 return obs, reward * scales.get(self.env_id, 1.0), terminated, truncated, info
 
-        bro_mt.DMCEnv = ScaledRewardEnv  # main() builds its envs through this module-level name
+        brc_envs.DMCEnv = ScaledRewardEnv  # make_env builds dm_control envs through this module-level name
     os.makedirs(job.workdir, exist_ok=True)
     os.chdir(job.workdir)
     error, start = None, time.time()

@@ -48,8 +48,9 @@ def make_jobs(ns: argparse.Namespace) -> list[common.Job]:
 def parameter_counts(ns: argparse.Namespace, width: int) -> dict:
     """Parameters of one critic member, of the ensemble and of the actor, for the tasks' padded sizes."""
     import bro_mt
+    from brc_utils.envs import make_env
 
-    envs = [bro_mt.make_env(task, seed=0) for task in ns.tasks]
+    envs = [make_env(task, seed=0) for task in ns.tasks]
     obs_dim = max(env.observation_space.shape[0] for env in envs)
     action_dim = max(env.action_space.shape[0] for env in envs)
     return bro_mt.model_parameter_counts(obs_dim, action_dim, len(ns.tasks), width)
@@ -57,9 +58,9 @@ def parameter_counts(ns: argparse.Namespace, width: int) -> dict:
 
 def update_times(ns: argparse.Namespace) -> dict:
     """ms per gradient update at each width (eager, one thread, the experiment's batch), from benchmarks/bench_mt.py."""
-    import bro_mt
+    from brc_utils.envs import make_env
 
-    envs = [bro_mt.make_env(task, seed=0) for task in ns.tasks]
+    envs = [make_env(task, seed=0) for task in ns.tasks]
     obs_dim = max(env.observation_space.shape[0] for env in envs)
     action_dim = max(env.action_space.shape[0] for env in envs)
     command = [sys.executable, os.path.join(common.ROOT, "benchmarks", "bench_mt.py"), "--presets", "--widths"]
@@ -133,11 +134,16 @@ def plot_width(table: list[dict]) -> str:
 
     widths = np.array([e["width"] for e in table])
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for key, label, color, shift in (("final", "final evaluation", "C0", 0.97), ("curve", "mean over the curve", "C1", 1.03)):
+    for key, label, color, shift in (
+        ("final", "final evaluation", "C0", 0.97),
+        ("curve", "mean over the curve", "C1", 1.03),
+    ):
         value = np.array([e[key][0] for e in table])
         low = np.array([e[key][1] for e in table])
         high = np.array([e[key][2] for e in table])
-        ax.errorbar(widths * shift, value, yerr=[value - low, high - value], color=color, marker="o", capsize=3, label=label)
+        ax.errorbar(
+            widths * shift, value, yerr=[value - low, high - value], color=color, marker="o", capsize=3, label=label
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(widths, [f"{w}\n{e['member'] / 1e3:.0f}k" for w, e in zip(widths, table)])
     ax.set_xlabel("critic width (parameters per ensemble member)", fontsize=8)

@@ -24,7 +24,13 @@ import time
 NOTEBOOK_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(NOTEBOOK_DIR)
 PAIR_DIR = os.path.join(NOTEBOOK_DIR, "py")
-SCRIPTS = ["bro_mt.py", "bro_atari.py", "run_utils.py"]  # what the notebooks import
+SCRIPTS = [
+    "bro_mt.py",
+    "bro_atari.py",
+    "brc_utils/run.py",
+    "brc_utils/envs.py",
+    "brc_utils/atari.py",
+]  # what the notebooks import
 JUPYTEXT_FORMAT = "py:percent"
 PAIR_METADATA = {"jupytext": {"notebook_metadata_filter": "-all", "cell_metadata_filter": "tags"}}
 

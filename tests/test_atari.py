@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import bro_atari
-import run_utils
+from brc_utils import atari as brc_atari
+from brc_utils import run as run_utils
 from bro_atari import (
     Args,
     RewardNormalizer,
@@ -239,16 +239,16 @@ def test_embedded_reference_scores_equal_the_shared_csv():
         pytest.skip("atari_reference_scores.csv is not beside this checkout")
     with open(path) as f:
         table = {row["game"]: (float(row["random"]), float(row["human"])) for row in csv.DictReader(f)}
-    assert bro_atari.REFERENCE_SCORES == table and len(table) == 57
+    assert brc_atari.REFERENCE_SCORES == table and len(table) == 57
 
 
 def test_suites_and_errors():
-    assert len(bro_atari.SUITES["ATARI_100K_26"]) == 26 and len(bro_atari.SUITES["ATARI_57"]) == 57
-    assert bro_atari.resolve_env_ids(["ATARI_5", "Pong"])[-1] == "Pong"
+    assert len(brc_atari.SUITES["ATARI_100K_26"]) == 26 and len(brc_atari.SUITES["ATARI_57"]) == 57
+    assert brc_atari.resolve_env_ids(["ATARI_5", "Pong"])[-1] == "Pong"
     with pytest.raises(SystemExit, match="Pongg -> Pong"):
-        bro_atari.resolve_env_ids(["Pongg"])
+        brc_atari.resolve_env_ids(["Pongg"])
     with pytest.raises(SystemExit, match="twice"):
-        bro_atari.resolve_env_ids(["Pong", "ATARI_QUICK"])
+        brc_atari.resolve_env_ids(["Pong", "ATARI_QUICK"])
     with pytest.raises(SystemExit, match="model-size"):
         main(Args(env_ids=["Pong"], model_size="2M"))
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 import tyro
 
-from bro_atari import AtariGame, Args, Batch, GameEnv, QNetwork, critic_loss, main, update
-from run_utils import fast_update
+from bro_atari import Args, Batch, QNetwork, critic_loss, main, update
+from brc_utils.atari import AtariGame, GameEnv
+from brc_utils.run import fast_update
 from ctrl_c import press_ctrl_c_during
 from test_atari import PixelGame, one_thread, tiny_args  # noqa: F401 (one_thread is a fixture)
 

@@ -13,7 +13,7 @@ import pytest
 
 import bro_atari
 import bro_mt
-import run_utils
+from brc_utils import run as run_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"bro_mt": bro_mt, "bro_atari": bro_atari}

@@ -11,6 +11,7 @@ import torch
 from test_mt_train import scalars
 
 import bro_mt
+from brc_utils import envs as brc_envs
 
 MIXED = dict(
     env_ids=["metaworld-reach-v3", "cartpole-balance"],
@@ -26,7 +27,7 @@ MIXED = dict(
 )
 
 
-def expert_rollout(env: bro_mt.MetaWorldEnv, policy, seed: int) -> tuple[bool, int]:
+def expert_rollout(env: brc_envs.MetaWorldEnv, policy, seed: int) -> tuple[bool, int]:
     """One episode of the package's scripted expert through our wrapper. It reads the unpadded float64
     observation the package would give it; the padded action dims get junk that the wrapper must ignore."""
     obs, _ = env.reset(seed=seed)
@@ -48,7 +49,7 @@ def expert_rollout(env: bro_mt.MetaWorldEnv, policy, seed: int) -> tuple[bool, i
 def test_scripted_experts_succeed_through_the_wrapper(task):
     from metaworld.policies import ENV_POLICY_MAP  # after bro_mt, which sets MUJOCO_GL before MuJoCo loads
 
-    env = bro_mt.MetaWorldEnv(f"metaworld-{task}", 0, pad_to=(45, 6), goals="random")
+    env = brc_envs.MetaWorldEnv(f"metaworld-{task}", 0, pad_to=(45, 6), goals="random")
     policy = ENV_POLICY_MAP[task]()
     results = [expert_rollout(env, policy, seed) for seed in range(3)]
     assert all(success for success, _ in results), results
@@ -59,7 +60,7 @@ def test_scripted_experts_succeed_through_the_wrapper(task):
 
 def test_fixed_goals_repeat_random_goals_move_and_both_follow_the_seed():
     def starts(goals, seed, episodes=3):
-        env = bro_mt.MetaWorldEnv("metaworld-push-v3", seed, goals=goals)
+        env = brc_envs.MetaWorldEnv("metaworld-push-v3", seed, goals=goals)
         return [env.reset(seed=100 if i == 0 else None)[0] for i in range(episodes)]
 
     fixed, random = starts("fixed", 0), starts("random", 0)
@@ -69,7 +70,7 @@ def test_fixed_goals_repeat_random_goals_move_and_both_follow_the_seed():
         np.testing.assert_array_equal(starts(goals, 0), starts(goals, 0))  # no global RNG: the same seed, the same
     assert not np.array_equal(starts("fixed", 0)[0], starts("fixed", 1)[0])  # an eval env's seed, another goal
     # MetaWorld truncates at our limit (200 by default) and never terminates.
-    env = bro_mt.MetaWorldEnv("metaworld-reach-v3", 0)
+    env = brc_envs.MetaWorldEnv("metaworld-reach-v3", 0)
     env.reset()
     flags = [env.step(np.zeros(4))[2:4] for _ in range(200)]
     assert flags == [(False, False)] * 199 + [(False, True)]
@@ -89,7 +90,7 @@ def test_metaworld_env_resumes_exactly_across_an_episode_end(task):
                 out.append((env.reset()[0].copy(), None, None, None))
         return out
 
-    env = bro_mt.MetaWorldEnv(f"metaworld-{task}", 5, max_episode_steps=40, goals="random")
+    env = brc_envs.MetaWorldEnv(f"metaworld-{task}", 5, max_episode_steps=40, goals="random")
     env.reset(seed=7)
     roll(env, rng.uniform(-1, 1, (55, 4)))
     buffer = io.BytesIO()
@@ -98,7 +99,7 @@ def test_metaworld_env_resumes_exactly_across_an_episode_end(task):
     saved = torch.load(buffer, weights_only=True)
     actions = rng.uniform(-1, 1, (80, 4))  # 25 steps to the episode's end, a whole episode, 15 more
     first = roll(env, actions)
-    other = bro_mt.MetaWorldEnv(f"metaworld-{task}", 123, max_episode_steps=40, goals="random")
+    other = brc_envs.MetaWorldEnv(f"metaworld-{task}", 123, max_episode_steps=40, goals="random")
     other.reset()
     other.state = saved  # another seed and another goal: everything must come from the state
     second = roll(other, actions)
@@ -110,7 +111,7 @@ def test_metaworld_env_resumes_exactly_across_an_episode_end(task):
 
 
 def test_metaworld_renders_frames_that_follow_the_arm():
-    env = bro_mt.MetaWorldEnv("metaworld-reach-v3", 0)
+    env = brc_envs.MetaWorldEnv("metaworld-reach-v3", 0)
     env.reset()
     before = env.render()
     for _ in range(20):
@@ -125,7 +126,7 @@ class SuccessAt:
 
     def __init__(self, successful, at=3, length=5):
         self.env_id, self.successful, self.at, self.length, self.episode = "stub", successful, at, length, -1
-        self.action_space = bro_mt.gym.spaces.Box(-1, 1, (1,), np.float32)
+        self.action_space = brc_envs.gym.spaces.Box(-1, 1, (1,), np.float32)
 
     def reset(self, seed=None):
         self.episode, self.t = self.episode + 1, 0
@@ -138,7 +139,7 @@ class SuccessAt:
 
 
 def test_evaluation_counts_an_episode_successful_if_any_step_is():
-    envs = [SuccessAt({0, 2}), SuccessAt({1, 2, 3}), bro_mt.DMCEnv("cartpole-balance", 0, max_episode_steps=5)]
+    envs = [SuccessAt({0, 2}), SuccessAt({1, 2, 3}), brc_envs.DMCEnv("cartpole-balance", 0, max_episode_steps=5)]
     critic, actor = bro_mt.Critic(5, 1, 3, 16), bro_mt.Actor(5, 1, 32)
     returns, successes = bro_mt.evaluate(actor, critic, envs, 5, 4, torch.ones(3, 1), "cpu", seed=0)
     # Success at step 3 of 5 only, later steps report none: 2 of 4 and 3 of 4; an env that reports nothing: 0.
@@ -147,9 +148,9 @@ def test_evaluation_counts_an_episode_successful_if_any_step_is():
 
 
 def test_task_names_and_suites():
-    mt10 = bro_mt.resolve_env_ids(["MW_MT10"])
-    assert len(mt10) == 10 and mt10[0] == "metaworld-reach-v3" and set(mt10) <= set(bro_mt.metaworld_tasks())
-    mt50 = bro_mt.resolve_env_ids(["MW_MT50", "dog-run"])
+    mt10 = brc_envs.resolve_env_ids(["MW_MT10"])
+    assert len(mt10) == 10 and mt10[0] == "metaworld-reach-v3" and set(mt10) <= set(brc_envs.metaworld_tasks())
+    mt50 = brc_envs.resolve_env_ids(["MW_MT50", "dog-run"])
     assert len(mt50) == 51 and mt50[-1] == "dog-run" and "metaworld-disassemble-v3" in mt50
     for wrong, hint in [
         ("metaworld-reach-v2", "metaworld-reach-v3"),
@@ -158,29 +159,29 @@ def test_task_names_and_suites():
         with pytest.raises(
             SystemExit, match=f"unknown task id\\(s\\) \\['{wrong}'\\]. {wrong}: did you mean {hint}\\?"
         ):
-            bro_mt.resolve_env_ids(["cartpole-balance", wrong])
+            brc_envs.resolve_env_ids(["cartpole-balance", wrong])
     with pytest.raises(SystemExit, match="MetaWorld v3 ids such as metaworld-reach-v3"):
-        bro_mt.resolve_env_ids(["reach-v3-goal-observable-nothing-like-it"])
+        brc_envs.resolve_env_ids(["reach-v3-goal-observable-nothing-like-it"])
 
 
 def test_training_episodes_log_success_at_any_step_including_the_last(monkeypatch):
     """Success on one step of some episodes: the mid-episode flag comes in the step's info, the last step's in the
     vector env's final_info. Each finished MetaWorld episode logs charts/success/{task}, dm_control ones nothing."""
-    step = bro_mt.MetaWorldEnv.step
+    step = brc_envs.MetaWorldEnv.step
 
     def scripted(self, action):  # 40-step episodes: success at step 10 of episode 0, step 40 (the last) of 2
         obs, reward, terminated, truncated, info = step(self, action)
         episode, t = self.episodes_started, self.env.curr_path_length
         return obs, reward, terminated, truncated, {"success": (episode, t) in {(1, 10), (3, 40)}}
 
-    reset = bro_mt.MetaWorldEnv.reset
+    reset = brc_envs.MetaWorldEnv.reset
 
     def counting_reset(self, seed=None, options=None):
         self.episodes_started = getattr(self, "episodes_started", 0) + 1
         return reset(self, seed, options)
 
-    monkeypatch.setattr(bro_mt.MetaWorldEnv, "step", scripted)
-    monkeypatch.setattr(bro_mt.MetaWorldEnv, "reset", counting_reset)
+    monkeypatch.setattr(brc_envs.MetaWorldEnv, "step", scripted)
+    monkeypatch.setattr(brc_envs.MetaWorldEnv, "reset", counting_reset)
     path = bro_mt.main(bro_mt.Args(**{**MIXED, "total_timesteps": 160, "learning_starts": 1000, "eval_interval": 1000}))
     logged = scalars(os.path.dirname(path))
     assert logged["charts/success/metaworld-reach-v3"] == [1.0, 0.0, 1.0, 0.0]

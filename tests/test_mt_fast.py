@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import bro_mt
-import run_utils
+from brc_utils import envs as brc_envs
+from brc_utils import run as run_utils
 from ctrl_c import press_ctrl_c_during
 from test_mt_train import run
 
@@ -143,7 +144,7 @@ def test_async_envs_step_exactly_like_serial_ones():
     """Worker processes (AsyncVectorEnv) and the in-process loop (SyncVectorEnv) give bit-identical transitions,
     final observations at episode ends, and states."""
     fns = [
-        lambda i=i, env_id=env_id: bro_mt.DMCEnv(env_id, i, 7, (5, 2))
+        lambda i=i, env_id=env_id: brc_envs.DMCEnv(env_id, i, 7, (5, 2))
         for i, env_id in enumerate(["cartpole-balance", "point_mass-easy"])
     ]
     serial = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

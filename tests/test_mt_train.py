@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import bro_mt
+from brc_utils import envs as brc_envs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(
@@ -235,7 +236,7 @@ def test_help_documents_every_flag():
     assert out.index("--env-ids") < out.index("--critic-loss") < out.index("--seed")  # algorithm, ablations, running
     source = open(os.path.join(REPO, "bro_mt.py")).read()
     helps = [l for l in source[: source.index("class Args(")].splitlines() if l.startswith('    """')]
-    run_source = open(os.path.join(REPO, "run_utils.py")).read()
+    run_source = open(os.path.join(REPO, "brc_utils", "run.py")).read()
     run_args = run_source[run_source.index("class RunArgs:") : run_source.index("RUN_FLAG_RANGES =")]
     helps += [line for line in run_args.splitlines() if line.startswith('    """')][1:]  # [1:]: the class docstring
     assert len(helps) == len(dataclasses.fields(bro_mt.Args))
@@ -248,7 +249,7 @@ def test_help_documents_every_flag():
 
 def test_capture_video_writes_one_mp4_per_task():
     try:
-        bro_mt.DMCEnv("cartpole-balance", 0).render(size=16)
+        brc_envs.DMCEnv("cartpole-balance", 0).render(size=16)
     except Exception as error:
         pytest.skip(f"MuJoCo cannot render on this machine: {error}")
     path = run(total_timesteps=60, eval_interval=60, capture_video=True, learning_starts=100, max_episode_steps=20)

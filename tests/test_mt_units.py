@@ -10,6 +10,7 @@ from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
 import bro_mt
+from brc_utils import envs as brc_envs
 from bro_mt import (
     Actor,
     Batch,
@@ -898,7 +899,7 @@ def test_resolve_env_ids_refuses_duplicates(ids):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("env_id,obs_dim,action_dim", [("cartpole-balance", 5, 1), ("point_mass-easy", 4, 2)])
 def test_dmc_env_spaces(env_id, obs_dim, action_dim):
-    env = bro_mt.DMCEnv(env_id, seed=0)
+    env = brc_envs.DMCEnv(env_id, seed=0)
     obs, _ = env.reset()
     assert obs.dtype == np.float32 and obs.shape == (obs_dim,) == env.observation_space.shape
     assert env.action_space.shape == (action_dim,)
@@ -910,7 +911,7 @@ def test_dmc_env_spaces(env_id, obs_dim, action_dim):
 
 
 def test_dmc_env_truncation_flag():
-    env = bro_mt.DMCEnv("point_mass-easy", seed=0, max_episode_steps=4)
+    env = brc_envs.DMCEnv("point_mass-easy", seed=0, max_episode_steps=4)
     env.reset()
     flags = [env.step(np.zeros(2))[2:4] for _ in range(4)]
     assert flags == [(False, False)] * 3 + [(False, True)]
@@ -920,7 +921,7 @@ def test_dmc_env_truncation_flag():
 @pytest.mark.parametrize("env_id", ["cartpole-balance", "point_mass-easy", "reacher-easy"])
 def test_dmc_env_state_round_trip(env_id):
     rng = np.random.default_rng(0)
-    env = bro_mt.DMCEnv(env_id, seed=1, max_episode_steps=20)
+    env = brc_envs.DMCEnv(env_id, seed=1, max_episode_steps=20)
     n_act = env.action_space.shape[0]
     env.reset()
     for _ in range(7):
@@ -938,7 +939,7 @@ def test_dmc_env_state_round_trip(env_id):
         return out
 
     first = rollout(env)
-    other = bro_mt.DMCEnv(env_id, seed=123, max_episode_steps=20)  # a different seed: all must come from the state
+    other = brc_envs.DMCEnv(env_id, seed=123, max_episode_steps=20)  # a different seed: all must come from the state
     other.reset()
     other.set_state(state)
     second = rollout(other)
@@ -953,7 +954,7 @@ def test_dmc_env_state_round_trip(env_id):
 
 
 def test_a_simulator_state_from_before_metaworld_is_refused_clearly():
-    env = bro_mt.DMCEnv("cartpole-balance", 0)
+    env = brc_envs.DMCEnv("cartpole-balance", 0)
     env.reset()
     old = env.get_state() | {"physics": torch.zeros(13)}  # the earlier format: one tensor
     with pytest.raises(SystemExit, match="earlier version of this code .* start a new run"):

@@ -27,7 +27,7 @@ EXPECTED = [
     "06_atari.ipynb",
     "07_tasks_of_different_sizes.ipynb",
 ]
-SCRIPTS = ["bro_mt.py", "bro_atari.py", "run_utils.py"]
+SCRIPTS = ["bro_mt.py", "bro_atari.py", "brc_utils/run.py", "brc_utils/envs.py", "brc_utils/atari.py"]
 EXECUTE = "python notebooks/execute.py"
 sys.path.insert(0, NOTEBOOK_DIR)
 import execute  # noqa: E402  (notebooks/execute.py: the hashes and the pair format)
@@ -118,7 +118,7 @@ def test_py_percent_pair_matches_the_notebook(name):
 # ---- Names the notebooks use must still exist in the scripts ----
 def _script_modules() -> list:
     sys.path.insert(0, REPO)
-    return [importlib.import_module(script[:-3]) for script in SCRIPTS]
+    return [importlib.import_module(script[:-3].replace("/", ".")) for script in SCRIPTS]
 
 
 def _script_members() -> tuple[set, set]:
@@ -150,7 +150,17 @@ def _script_members() -> tuple[set, set]:
 
 # Names in backticks that are not the scripts': libraries, Python, and plain words.
 EXTERNAL_PREFIXES = ("torch", "nn", "F", "np", "jax", "flax", "plt", "math", "tyro", "gym", "gymnasium", "dm_control")
-PLAIN_WORDS = {"bro_mt", "bro_atari", "run_utils", "python", "pytest", "jupytext", "requires_grad", "state_dict"}
+PLAIN_WORDS = {
+    "bro_mt",
+    "bro_atari",
+    "brc_utils",
+    "run_utils",
+    "python",
+    "pytest",
+    "jupytext",
+    "requires_grad",
+    "state_dict",
+}
 TORCH_ATTRIBUTES = set(dir(torch.nn.Module)) | set(dir(torch.Tensor))  # `scatter_add_`, `.requires_grad_`
 FILE_SUFFIXES = (".py", ".md", ".ipynb", ".pt", ".txt", ".toml", ".json", ".npz")
 IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -205,7 +215,7 @@ def unknown_names(nb) -> list[str]:
         else:
             problems.append(name)
     code = ast.parse("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
-    by_name = {script[:-3]: module for script, module in zip(SCRIPTS, modules)}
+    by_name = {script[:-3].replace("/", "."): module for script, module in zip(SCRIPTS, modules)}
     for node in ast.walk(code):  # `from bro_mt import X` and `bro_mt.X` in the code, without running it
         if isinstance(node, ast.ImportFrom) and node.module in by_name:
             problems += [f"{node.module}.{a.name}" for a in node.names if not hasattr(by_name[node.module], a.name)]

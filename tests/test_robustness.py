@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import bro_atari
+from brc_utils import atari as brc_atari
+from brc_utils import envs as brc_envs
 import bro_mt
 from test_atari import PixelGame
 
@@ -106,7 +108,7 @@ def test_a_checkpoint_with_flipped_bytes_is_refused():
 
 # ---- Simulators that fail or return NaN ----
 def test_a_nan_observation_stops_the_run_naming_the_task_and_saves(monkeypatch):
-    real_step, calls = bro_mt.DMCEnv.step, []
+    real_step, calls = brc_envs.DMCEnv.step, []
 
     def step(self, action):
         obs, reward, terminated, truncated, info = real_step(self, action)
@@ -115,7 +117,7 @@ def test_a_nan_observation_stops_the_run_naming_the_task_and_saves(monkeypatch):
             obs = obs * np.nan
         return obs, reward, terminated, truncated, info
 
-    monkeypatch.setattr(bro_mt.DMCEnv, "step", step)
+    monkeypatch.setattr(brc_envs.DMCEnv, "step", step)
     with pytest.raises(SystemExit, match="non-finite observation or reward from point_mass-easy at step 70") as stop:
         run_mt(total_timesteps=200)
     saved = glob.glob("runs/*/nan_env_step70.pt")
@@ -129,7 +131,7 @@ def test_a_simulator_error_stops_the_run_with_a_message(monkeypatch):
             "Physics state is invalid. Warning(s) raised: mjWARN_BADQACC"
         )  # as dm_control's PhysicsError
 
-    monkeypatch.setattr(bro_atari.GameEnv, "step", step)
+    monkeypatch.setattr(brc_atari.GameEnv, "step", step)
     with pytest.raises(SystemExit, match="an environment failed at step 0 \\(RuntimeError: Physics state is invalid"):
         run_atari(total_timesteps=30)
     assert glob.glob("runs/*/env_error_step0.pt")
@@ -137,7 +139,7 @@ def test_a_simulator_error_stops_the_run_with_a_message(monkeypatch):
 
 # ---- Ctrl-C during an evaluation ----
 def test_ctrl_c_ends_an_mt_evaluation_after_the_current_episode():
-    envs = [bro_mt.DMCEnv("cartpole-balance", 0, max_episode_steps=20), bro_mt.DMCEnv("point_mass-easy", 1, 20)]
+    envs = [brc_envs.DMCEnv("cartpole-balance", 0, max_episode_steps=20), brc_envs.DMCEnv("point_mass-easy", 1, 20)]
     critic, actor = bro_mt.Critic(5, 2, 2, 16), bro_mt.Actor(5, 2, 32)
     masks = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     full, _ = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0)

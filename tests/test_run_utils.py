@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import run_utils
+from brc_utils import run as run_utils
 
 CPU = torch.device("cpu")
 SUMMARY = "a {losses/a:.1f} b {charts/b:.1f} c {charts/c:.1f}"
