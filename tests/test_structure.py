@@ -75,7 +75,6 @@ SECTIONS = {
         "# ---- Losses and the update ----",
         "# ---- Reward normalisation ----",
         "# ---- Replay buffer ----",
-        "# ---- Environments: dm_control and MetaWorld ----",
         "# ---- Evaluation ----",
         "# ---- Ablations and transfer",
         "# ---- Training loop ----",
