@@ -127,4 +127,6 @@ def test_openmp_wait_policy_is_set_before_torch_loads(script):
     """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the default must be set above `import torch`."""
     source = open(os.path.join(REPO, script)).read()
     setting = source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")')
-    assert setting < source.index("\nimport torch\n") and setting < source.index("\nfrom brc_utils import run as run_utils\n")
+    assert setting < source.index("\nimport torch\n") and setting < source.index(
+        "\nfrom brc_utils import run as run_utils\n"
+    )
