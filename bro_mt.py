@@ -26,8 +26,7 @@ envs) lives in run_utils.py; you never need to read it to learn the method.
 import math
 import os
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Literal, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 # Idle OpenMP threads sleep rather than spin (read when torch loads): spinning ones on a busy core slow every update.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 import tyro
 
 from brc_utils import run as run_utils
-from brc_utils.envs import make_env, resolve_env_ids
+from brc_utils.envs import make_env, make_task_envs, resolve_env_ids
 
 
 @dataclass
@@ -137,6 +136,15 @@ def action_masks_and_target_entropy(action_sizes: list[int], action_dim: int, de
 
 
 # ---- Networks ----
+# The critic is an ensemble of ENSEMBLE_SIZE = 2 members with independent weights, run as one batched network:
+#   - EnsembleLinear / EnsembleLayerNorm hold every member's weights stacked, [members, in, out], in one matmul;
+#   - Critic.forward feeds the same input to every member (x.expand) and returns [members, batch, bins];
+#   - critic_loss: the target is the mean of the target members' distributions; each member's cross-entropy is
+#     summed, so every member learns the same target on its own weights;
+#   - q_value: Q is the expectation of the members' *mean* distribution. BRC averages the members where SAC and TD3
+#     take min(Q1, Q2): with a categorical critic on normalised returns the paper found the pessimistic min
+#     unnecessary, and the mean keeps the whole distribution (the released code does the same).
+# The actor is a one-member ensemble, so that it reuses the same layers.
 class EnsembleLinear(nn.Module):
     """`members` independent Linear layers in one batched matmul: x [members, batch, in] -> [members, batch, out].
 
@@ -215,22 +223,21 @@ class Critic(nn.Module):
 
     Each member maps [obs, action, task_embedding] to logits over the return support. The critic owns the
     embedding: only the critic loss trains it, and the actor reads a detached copy. conditioning="none" (the default
-    with one task) gives neither network the task; `heads` > 1 serves the multihead ablation (MultiHeadCritic).
-    bf16=True (--bf16) runs the matmuls in bfloat16 and returns float32 logits.
+    with one task) gives neither network the task. bf16=True (--bf16) runs the matmuls in bfloat16 and returns
+    float32 logits.
     """
 
     def __init__(
-        self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, members=ENSEMBLE_SIZE,
-        conditioning=None, bf16=False, heads=1,
-    ):  # fmt: skip
+        self, obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, conditioning=None, bf16=False
+    ):
         super().__init__()
         self.conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
-        self.members, self.num_tasks, self.num_bins, self.bf16 = members, num_tasks, num_bins, bf16
+        self.members, self.num_tasks, self.num_bins, self.bf16 = ENSEMBLE_SIZE, num_tasks, num_bins, bf16
         has_embedding = self.conditioning == "embedding"
         self.task_embedding = make_task_embedding(num_tasks, embedding_dim) if has_embedding else None
         self.embedding_dim = embedding_dim if has_embedding else 0  # the width of embed(): what the actor reads
-        self.trunk = BroNet(members, obs_dim + action_dim + self.embedding_dim, width, CRITIC_DEPTH)
-        self.head = EnsembleLinear(members, width, num_bins * heads)
+        self.trunk = BroNet(self.members, obs_dim + action_dim + self.embedding_dim, width, CRITIC_DEPTH)
+        self.head = EnsembleLinear(self.members, width, num_bins)
 
     def embed(self, task_ids: torch.Tensor) -> torch.Tensor:
         """Unit-length task embeddings [batch, embedding_dim] (zero-width without conditioning)."""
@@ -242,8 +249,11 @@ class Critic(nn.Module):
         task_input = self.embed(task_ids) if self.task_embedding is not None else obs[:, :0]
         x = torch.cat([obs, action, task_input], dim=-1)
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
-            out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, heads * num_bins]
+            out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, num_bins]
         return out.float()  # softmax, projection and loss in float32 (a no-op without --bf16)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0  # the actor's log-std range, as the released code
 
 
 class Actor(nn.Module):
@@ -257,7 +267,8 @@ class Actor(nn.Module):
 
     def forward(self, obs, task_embedding):
         h = self.trunk(torch.cat([obs, task_embedding], dim=-1)[None])
-        log_std = -10 + 6 * (1 + torch.tanh(self.log_std(h)[0]))  # in [-10, 2]
+        # squashed into [LOG_STD_MIN, LOG_STD_MAX]: -10 + 6 * (1 + tanh(x)) with the released bounds
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (1 + torch.tanh(self.log_std(h)[0]))
         return self.mean(h)[0], log_std
 
     def sample(self, obs, task_embedding, action_mask):
@@ -334,10 +345,9 @@ class Batch(NamedTuple):
 
 
 def q_value(critic_out: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Q [batch] from the critic's output [members, batch, bins]: the expectation of the members' mean
-    distribution (for the one-output MSE ablation: the members' mean)."""
-    if critic_out.shape[-1] == 1:
-        return critic_out[..., 0].mean(0)
+    """Q [batch] from the critic's logits [members, batch, bins]: the expectation of the members' mean distribution.
+
+    The mean, not min(Q1, Q2) as in SAC and TD3: see the ensemble's comment under Networks."""
     return (critic_out.softmax(-1).mean(0) * support).sum(-1)
 
 
@@ -360,10 +370,10 @@ def critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, rew
     return loss, q_value(out.detach(), support).mean()
 
 
-def actor_loss(actor, critic, log_alpha, obs, task_ids, action_mask, support):
+def actor_loss(actor, critic, log_alpha, obs, task_ids, action_mask, support, q_fn=q_value):
     """SAC actor loss mean(alpha * log pi(a|s) - Q(s, a)), Q = expectation of the members' mean distribution."""
     actions, log_probs = actor.sample(obs, critic.embed(task_ids).detach(), action_mask)
-    q = q_value(critic(obs, actions, task_ids), support)
+    q = q_fn(critic(obs, actions, task_ids), support)
     return (log_alpha.exp().detach() * log_probs - q).mean(), log_probs.detach()
 
 
@@ -372,37 +382,75 @@ def temperature_loss(log_alpha, log_probs, target_entropy):
     return (log_alpha.exp() * (-log_probs - target_entropy)).mean()
 
 
-def update(
-    batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy, reward_scales, support,
-    gamma, tau, critic_loss_fn=None,
-) -> torch.Tensor:  # fmt: skip
+class Nets(NamedTuple):
+    """The networks and their optimisers, one bundle for update(); the field names are the checkpoint's keys."""
+
+    critic: nn.Module  # Critic (or an ablation's), owns the task embedding
+    target_critic: nn.Module  # Polyak average of the critic, for the Bellman target
+    actor: nn.Module
+    log_alpha: torch.Tensor  # the entropy temperature, alpha = exp(log_alpha)
+    critic_optimizer: torch.optim.Optimizer
+    actor_optimizer: torch.optim.Optimizer
+    alpha_optimizer: torch.optim.Optimizer
+
+
+class Losses(NamedTuple):
+    """The critic loss and the Q estimate an update uses: BRC's by default; the MSE ablation swaps in its own."""
+
+    critic: Callable
+    q_value: Callable
+
+
+def update(batch, nets, action_masks, target_entropy, reward_scales, support, gamma, tau, losses=None):
     """One BRC update in the paper's order: critic -> Polyak target -> actor -> temperature.
 
     `reward_scales` [tasks] divide each task's rewards (reward_scale, computed once per environment step); None means
-    raw rewards (--no-reward-norm). `critic_loss_fn` (default: critic_loss) is where the MSE ablation plugs in.
-    Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor, with no host sync.
+    raw rewards (--no-reward-norm). Returns [critic loss, actor loss, temperature loss, entropy, mean Q] as one tensor,
+    with no host sync. `losses`: BRC's categorical ones unless an ablation gives its own (MSE_LOSSES).
     """
-    critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
+    losses = losses or Losses(critic_loss, q_value)
     action_mask = action_masks[batch.task_ids]
     scale = reward_scales[batch.task_ids] if reward_scales is not None else 1.0
-    loss_fn = critic_loss_fn or critic_loss
-    loss_q, q_mean = loss_fn(critic, target_critic, actor, log_alpha, batch, action_mask, scale, support, gamma)
-    critic_optimizer.zero_grad(set_to_none=True)
+    critic_args = (nets.critic, nets.target_critic, nets.actor, nets.log_alpha, batch, action_mask, scale, support)
+    loss_q, q_mean = losses.critic(*critic_args, gamma)
+    nets.critic_optimizer.zero_grad(set_to_none=True)
     loss_q.backward()
-    critic_optimizer.step()
+    nets.critic_optimizer.step()
     with torch.no_grad():
-        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), tau)
+        torch._foreach_lerp_(list(nets.target_critic.parameters()), list(nets.critic.parameters()), tau)
 
-    loss_pi, log_probs = actor_loss(actor, critic, log_alpha, batch.obs, batch.task_ids, action_mask, support)
-    actor_optimizer.zero_grad(set_to_none=True)
-    loss_pi.backward(inputs=list(actor.parameters()))  # through the critic, but gradients for the actor's weights only
-    actor_optimizer.step()
+    actor_args = (nets.actor, nets.critic, nets.log_alpha, batch.obs, batch.task_ids, action_mask, support)
+    loss_pi, log_probs = actor_loss(*actor_args, losses.q_value)
+    nets.actor_optimizer.zero_grad(set_to_none=True)
+    loss_pi.backward(inputs=list(nets.actor.parameters()))  # through the critic, but gradients for the actor only
+    nets.actor_optimizer.step()
 
-    loss_alpha = temperature_loss(log_alpha, log_probs, target_entropy[batch.task_ids])
-    alpha_optimizer.zero_grad(set_to_none=True)
+    loss_alpha = temperature_loss(nets.log_alpha, log_probs, target_entropy[batch.task_ids])
+    nets.alpha_optimizer.zero_grad(set_to_none=True)
     loss_alpha.backward()
-    alpha_optimizer.step()
+    nets.alpha_optimizer.step()
     return torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
+
+
+def make_nets(args, conditioning, obs_dim, action_dim, num_tasks, width, device, pretrained=None) -> Nets:
+    """Critic, target critic, actor, temperature and their optimisers, for --critic-loss and --task-conditioning;
+    `pretrained`: a multi-task checkpoint to start from (--init-from, see transfer)."""
+    num_bins = args.num_bins if args.critic_loss == "categorical" else 1
+    sizes = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, args.bf16)
+    with run_utils.announce("initialising the networks"):  # (a 64M critic takes minutes on a CPU)
+        critic = make_critic(conditioning, *sizes).to(device)
+        target_critic = make_critic(conditioning, *sizes).to(device)
+        actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
+    if pretrained:
+        transfer(pretrained, critic, actor)
+        critic.trunk.requires_grad_(not args.freeze_trunk)
+    target_critic.load_state_dict(critic.state_dict())
+    target_critic.requires_grad_(False)
+    log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
+    rates = (args.learning_rate, args.weight_decay, args.alpha_lr)
+    return Nets(
+        critic, target_critic, actor, log_alpha, *make_optimizers(critic, actor, log_alpha, *rates, args.cudagraphs)
+    )
 
 
 def make_optimizers(critic, actor, log_alpha, lr, weight_decay, alpha_lr, capturable=False) -> tuple:
@@ -573,34 +621,57 @@ def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, s
     return returns.mean(axis=1), successes.mean(axis=1)
 
 
+def evaluation_summary(env_ids: list, returns: np.ndarray, successes: np.ndarray) -> tuple[dict, dict, dict]:
+    """What an evaluation logs: the return per task, the mean return and, with MetaWorld tasks, their success rates
+    and its mean (the benchmark's score)."""
+    metaworld = [i for i, task in enumerate(env_ids) if task.startswith("metaworld-")]
+    summary, per_task = {"mean_return": returns.mean()}, {}
+    if metaworld:
+        summary["success_rate"] = successes[metaworld].mean()
+        per_task["success"] = {env_ids[i]: successes[i] for i in metaworld}
+    return dict(zip(env_ids, returns)), summary, per_task
+
+
 # ---- Ablations and transfer (not on BRC's default path) ----
+def mse_q_value(critic_out: torch.Tensor, support=None) -> torch.Tensor:
+    """--critic-loss mse: Q [batch] is the members' mean of their single outputs [members, batch, 1]."""
+    return critic_out[..., 0].mean(0)
+
+
 def mse_critic_loss(critic, target_critic, actor, log_alpha, batch, action_mask, reward_scale, support, gamma):
     """--critic-loss mse: each member's single output regresses on r + gamma*m*(Q_target(s', a') - alpha*log pi(a'|s'))
     (the members' mean of the target critic). Returns the loss (summed over members) and the mean Q."""
     with torch.no_grad():
         next_actions, next_log_probs = actor.sample(batch.next_obs, critic.embed(batch.task_ids), action_mask)
-        next_q = q_value(target_critic(batch.next_obs, next_actions, batch.task_ids), support)
+        next_q = mse_q_value(target_critic(batch.next_obs, next_actions, batch.task_ids))
         bootstrap = gamma * (1 - batch.terminations)
         target_q = batch.rewards / reward_scale + bootstrap * (next_q - log_alpha.exp() * next_log_probs)
     out = critic(batch.obs, batch.actions, batch.task_ids)  # [members, batch, 1]
-    return (out[..., 0] - target_q).pow(2).mean(-1).sum(), q_value(out.detach(), support).mean()
+    return (out[..., 0] - target_q).pow(2).mean(-1).sum(), mse_q_value(out.detach()).mean()
+
+
+MSE_LOSSES = Losses(critic=mse_critic_loss, q_value=mse_q_value)  # update(..., losses=MSE_LOSSES)
 
 
 class MultiHeadCritic(Critic):
     """--task-conditioning multihead: one output head per task on a shared trunk that is not told the task; each
     sample reads its own task's head. The actor reads a one-hot task id."""
 
-    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, members=ENSEMBLE_SIZE, bf16=False):
-        super().__init__(obs_dim, action_dim, num_tasks, width, num_bins, 0, members, "none", bf16, heads=num_tasks)
+    def __init__(self, obs_dim, action_dim, num_tasks, width, num_bins=101, bf16=False):
+        super().__init__(obs_dim, action_dim, num_tasks, width, num_bins, conditioning="none", bf16=bf16)
         self.conditioning, self.embedding_dim = "multihead", num_tasks
+        self.head = EnsembleLinear(self.members, width, num_tasks * num_bins)  # one block of num_bins per task
 
     def embed(self, task_ids: torch.Tensor) -> torch.Tensor:
         return F.one_hot(task_ids, self.num_tasks).float()
 
     def forward(self, obs, action, task_ids) -> torch.Tensor:
-        out = super().forward(obs, action, task_ids)  # [members, batch, tasks * num_bins]
+        x = torch.cat([obs, action], dim=-1)  # the trunk is not told the task
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, tasks * num_bins]
         rows = torch.arange(len(task_ids), device=task_ids.device)
-        return out.view(self.members, len(task_ids), self.num_tasks, self.num_bins)[:, rows, task_ids]
+        out = out.view(self.members, len(task_ids), self.num_tasks, self.num_bins)[:, rows, task_ids]
+        return out.float()  # [members, batch, num_bins]: each sample's own task's head
 
 
 def load_pretrained(path: str, config: dict) -> tuple[dict, int, int]:
@@ -637,12 +708,146 @@ def transfer(ckpt: dict, critic: Critic, actor: Actor):
 
 
 # ---- Training loop ----
+@dataclass
+class LoopState:
+    """The training loop's own variables, carried from one step to the next (checkpoints save them)."""
+
+    global_step: int  # environment steps so far; one step = every task's env steps once
+    obs: np.ndarray  # [tasks, obs_dim] every task's current observation, zero-padded
+    episode_returns: np.ndarray  # [tasks] the return of every task's current episode so far
+
+
+def main(args: Args):
+    # -- Set-up (not BRC; the helpers are at the end of the file): flags, tasks, sizes, device, memory --
+    args, ckpt = load_flags(args)
+    env_ids = resolve_env_ids(args.env_ids)
+    num_tasks = len(env_ids)
+    width = args.critic_width or MODEL_SIZES[args.model_size]
+    batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
+    eval_envs = [
+        make_env(task, args.seed + 10_000 + i, args.max_episode_steps, metaworld_goals=args.metaworld_goals)
+        for i, task in enumerate(env_ids)
+    ]
+    action_sizes = [env.action_size for env in eval_envs]
+    obs_dim, action_dim = max(env.obs_size for env in eval_envs), max(action_sizes)
+    # One task needs no conditioning, except in transfer, where the pretrained critic expects an embedding.
+    conditioning = args.task_conditioning if num_tasks > 1 or args.init_from else "none"
+    config = run_config(args, env_ids, width, conditioning, obs_dim, action_dim)
+    pretrained = None
+    if args.init_from:  # the new tasks are padded to the pretrained networks' sizes
+        pretrained, obs_dim, action_dim = load_pretrained(args.init_from, config)
+        config |= {"obs_dim": obs_dim, "action_dim": action_dim}
+    device, buffer_device = set_up_device(args, ckpt, config, eval_envs, batch_size)
+    action_masks, target_entropy = action_masks_and_target_entropy(action_sizes, action_dim, device)
+    rng = np.random.default_rng(args.seed)  # random actions before learning starts
+
+    label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
+    with run_utils.Run("bro_mt.py", args, label, METRICS, device, resume=ckpt) as run:
+        pad_to = (obs_dim, action_dim)
+        envs = make_task_envs(env_ids, args.seed, args.max_episode_steps, pad_to, args.metaworld_goals, args.async_envs)
+        run.close_on_exit(envs, *eval_envs)
+        nets = make_nets(args, conditioning, obs_dim, action_dim, num_tasks, width, device, pretrained)
+        support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
+        rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
+        normalizer = RewardNormalizer(num_tasks, args.gamma)
+        loop = LoopState(global_step=0, obs=envs.reset()[0], episode_returns=np.zeros(num_tasks))
+        stateful = nets._asdict() | {"normalizer": normalizer}  # with `loop`, envs, RNGs and replay: a checkpoint
+        first_update_step = run.restore_or_start(stateful, loop, rng, envs, rb, config)  # (--resume: loaded here)
+
+        # Each task's reward divisor, changed in place (a CUDA graph reads it from a fixed address); None: raw rewards.
+        reward_scales = torch.ones(num_tasks, device=device) if args.reward_norm else None
+        losses = Losses(critic_loss, q_value) if args.critic_loss == "categorical" else MSE_LOSSES
+
+        def update_step(batch: Batch) -> torch.Tensor:
+            return update(
+                batch, nets, action_masks, target_entropy, reward_scales, support, args.gamma, args.tau, losses
+            )
+
+        update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
+
+        def learn():
+            """-- update --: this step's reward scales (with the temperature before its updates), then
+            `updates_per_step` updates on fresh batches."""
+            if args.reward_norm:
+                g_bar = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
+                reward_scales.copy_(reward_scale(g_bar, nets.log_alpha.detach().exp(), target_entropy, args.gamma))
+            for _ in range(args.updates_per_step):
+                run.add_metrics(update_step(rb.sample(batch_size, device)))
+
+        def progress_scalars() -> dict:
+            """The progress line's values besides the losses: the temperature and the reward scales last used."""
+            scalars = {"charts/alpha": nets.log_alpha.exp().item()}
+            if args.reward_norm:
+                scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, reward_scales.tolist())}
+            return scalars
+
+        task_ids, random_action_mask = torch.arange(num_tasks, device=device), action_masks.cpu().numpy()
+        while loop.global_step < args.total_timesteps and not run.stop_requested:
+            # -- act --
+            if loop.global_step < args.learning_starts:
+                actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * random_action_mask
+            else:
+                with torch.no_grad():
+                    obs = torch.as_tensor(loop.obs, device=device)
+                    actions = nets.actor.sample(obs, nets.critic.embed(task_ids), action_masks)[0].cpu().numpy()
+
+            # -- step envs -- (a simulator error or NaN stops the run, saved). With --async-envs the simulators run in
+            # worker processes while learn() runs here, on the transitions up to the previous step (a one-step lag).
+            overlapped_update = learn if args.async_envs and loop.global_step >= first_update_step else None
+            next_obs, rewards, terminations, truncations, infos = run.step_envs_guarded(
+                envs, actions, loop.global_step, env_ids, while_stepping=overlapped_update
+            )
+
+            # -- record -- Where an episode ended, next_obs is already the next episode's first observation (the
+            # vector env resets it); the true last one is in infos["final_obs"], the last step's info in "final_info".
+            real_next_obs = next_obs.copy()
+            for i, task in enumerate(env_ids):
+                normalizer.record(i, float(rewards[i]))
+                loop.episode_returns[i] += rewards[i]
+                if terminations[i] or truncations[i]:
+                    real_next_obs[i] = infos["final_obs"][i]
+                    normalizer.end_episode(i, bool(terminations[i]))
+                    episode = {f"charts/episodic_return/{task}": loop.episode_returns[i]}
+                    if task.startswith("metaworld-"):  # the adapter says whether any step of the episode succeeded
+                        episode[f"charts/success/{task}"] = float(infos["final_info"]["episode_success"][i])
+                    run.log(episode, loop.global_step)
+                    loop.episode_returns[i] = 0
+
+            # -- store (the true final observation, even when the episode ended) --
+            rb.add(loop.obs, actions, rewards, real_next_obs, terminations)
+            loop.obs = next_obs
+            loop.global_step += 1
+
+            # -- update: the first after `learning_starts` transitions (with --async-envs it ran during the step) --
+            if not args.async_envs and loop.global_step >= first_update_step:
+                learn()
+
+            # -- log, save: stop if a loss is not finite, the progress line, a periodic checkpoint --
+            run.end_of_step(loop.global_step, progress_scalars, PROGRESS)
+
+            # -- evaluate -- (Ctrl-C ends it after the current episode)
+            if loop.global_step % args.eval_interval == 0 or loop.global_step == args.total_timesteps:
+                returns, successes = evaluate(
+                    nets.actor,
+                    nets.critic,
+                    eval_envs,
+                    obs_dim,
+                    args.eval_episodes,
+                    action_masks,
+                    device,
+                    args.seed + loop.global_step,
+                    run.video_dir(loop.global_step),
+                    stop=lambda: run.stop_requested,
+                )
+                run.log_evaluation(loop.global_step, *evaluation_summary(env_ids, returns, successes))
+        return run.finish(loop.global_step)
+
+
+# ---- Not BRC: flags, sizes, memory and the device (a student may skip this section) ----
 CHECKPOINT_KEYS = {
     "version", "run_name", "config", "global_step", "actor", "critic", "target_critic", "log_alpha", "actor_optimizer",
-    "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs", "episode_returns", "episode_success",
-    "replay_buffer",
+    "critic_optimizer", "alpha_optimizer", "normalizer", "rng", "envs", "obs", "episode_returns", "replay_buffer",
 }  # fmt: skip
-
 
 ONE, ZERO, POSITIVE = run_utils.Range(1), run_utils.Range(0), run_utils.Range(0, low_open=True)
 FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows it, means its default)
@@ -652,6 +857,15 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
     "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
     "eval_interval": ONE, "eval_episodes": ONE, "max_episode_steps": ONE,
 }  # fmt: skip
+
+
+def load_flags(args: Args) -> tuple[Args, Optional[dict]]:
+    """The flags to run with and, with --resume, the checkpoint (whose run's own flags win over defaults)."""
+    ckpt = None
+    if args.resume:
+        args, ckpt = run_utils.load_for_resume(args, "bro_mt", CHECKPOINT_KEYS)
+    check_args(args)
+    return args, ckpt
 
 
 def check_args(args: Args):
@@ -670,51 +884,35 @@ def check_args(args: Args):
         )
 
 
-def main(args: Args):
-    # -- Set-up: flags (a resumed run takes its own from the checkpoint), tasks, sizes, device --
-    ckpt = None
-    if args.resume:
-        args, ckpt = run_utils.load_for_resume(args, "bro_mt", CHECKPOINT_KEYS)
-    check_args(args)
-    env_ids = resolve_env_ids(args.env_ids)
-    width = args.critic_width or MODEL_SIZES[args.model_size]
-    num_tasks = len(env_ids)
-    batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
-    device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
-    rng = np.random.default_rng(args.seed)  # random actions before learning starts
+def run_config(args: Args, env_ids, width, conditioning, obs_dim, action_dim) -> dict:
+    """What a checkpoint's networks and buffers were built for: a resume or a transfer must match it."""
+    config = {"env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss}
+    config |= {"task_conditioning": conditioning, "num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
+    return config | {"obs_dim": obs_dim, "action_dim": action_dim}
 
-    # -- Environments: one per task, observations zero-padded, actions cut to each task's own size --
-    eval_envs = [
-        make_env(t, args.seed + 10_000 + i, args.max_episode_steps, metaworld_goals=args.metaworld_goals)
-        for i, t in enumerate(env_ids)
-    ]
-    action_sizes = [env.action_size for env in eval_envs]
-    metaworld = [i for i, t in enumerate(env_ids) if t.startswith("metaworld-")]  # the tasks with success rates
-    obs_dim, action_dim = max(env.obs_size for env in eval_envs), max(action_sizes)
-    # One task needs no conditioning, except in transfer, where the pretrained critic expects an embedding.
-    conditioning = args.task_conditioning if num_tasks > 1 or args.init_from else "none"
-    num_bins = args.num_bins if args.critic_loss == "categorical" else 1
-    config = {
-        "env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss, "task_conditioning": conditioning,
-        "num_bins": args.num_bins, "embedding_dim": args.embedding_dim, "obs_dim": obs_dim, "action_dim": action_dim,
-    }  # fmt: skip
-    source = None
-    if args.init_from:  # pad the new tasks to the pretrained networks' sizes
-        source, obs_dim, action_dim = load_pretrained(args.init_from, config)
-        config |= {"obs_dim": obs_dim, "action_dim": action_dim}
+
+def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) -> tuple:
+    """Seed torch and pick the device; check a resumed checkpoint against `config`; print the tasks and model sizes;
+    set the thread count; refuse up front what cannot fit in memory and warn about what will crawl. Returns the
+    training device and the replay buffer's."""
+    device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
-    action_masks, target_entropy = action_masks_and_target_entropy(action_sizes, action_dim, device)
-
-    # -- Memory and time: refuse up front what cannot fit, warn about what will crawl --
-    counts = model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, conditioning)
+    num_tasks, width, obs_dim, action_dim = (
+        len(eval_envs),
+        config["critic_width"],
+        config["obs_dim"],
+        config["action_dim"],
+    )
+    num_bins = args.num_bins if args.critic_loss == "categorical" else 1
+    sizes = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, config["task_conditioning"])
+    counts = model_parameter_counts(*sizes)
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
     buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
     replay = f"({num_tasks} tasks x {args.buffer_size:,} transitions)"
-    smaller = "--model-size or --batch-size"
-    sizes = ", ".join(f"{t} (obs {env.obs_size}, act {env.action_size})" for t, env in zip(env_ids, eval_envs))
-    print(f"tasks ({num_tasks}): {sizes}")
+    tasks = ", ".join(f"{env.env_id} (obs {env.obs_size}, act {env.action_size})" for env in eval_envs)
+    print(f"tasks ({num_tasks}): {tasks}")
     print(
         f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
         f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
@@ -722,148 +920,12 @@ def main(args: Args):
     )
     update_gflop = 13 * ENSEMBLE_SIZE * batch_size * counts["critic_member"] / 1e9  # ~6.5 forward passes, 2 FLOP/MAC
     run_utils.set_threads(device, args.threads, update_gflop)
+    smaller = "--model-size or --batch-size"
     buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --critic-width 128 --batch-size 128")
     if args.capture_video:
         run_utils.check_rendering(eval_envs[0].render)
-
-    label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
-    with run_utils.Run("bro_mt.py", args, label, METRICS, device, resume=ckpt) as run:  # see run_utils.py
-        env_fns = [
-            partial(make_env, t, args.seed + i, args.max_episode_steps, (obs_dim, action_dim), args.metaworld_goals)
-            for i, t in enumerate(env_ids)
-        ]
-        envs = run.close_on_exit(run_utils.make_vector_env(env_fns, args.async_envs))
-        for env in eval_envs:  # (their renderers)
-            run.close_on_exit(env)
-
-        # -- Networks and optimisers --
-        with run_utils.announce("initialising the networks"):
-            nets = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, args.bf16)
-            critic = make_critic(conditioning, *nets).to(device)
-            target_critic = make_critic(conditioning, *nets).to(device)
-            actor = Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
-        if source:
-            transfer(source, critic, actor)
-            critic.trunk.requires_grad_(not args.freeze_trunk)
-        target_critic.load_state_dict(critic.state_dict())
-        target_critic.requires_grad_(False)
-        log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-        optimizers = make_optimizers(
-            critic, actor, log_alpha, args.learning_rate, args.weight_decay, args.alpha_lr, args.cudagraphs
-        )
-        critic_optimizer, actor_optimizer, alpha_optimizer = optimizers
-        support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-        rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
-        normalizer = RewardNormalizer(num_tasks, args.gamma)
-
-        # -- The state a checkpoint holds, restored with --resume --
-        obs, _ = envs.reset()  # [tasks, obs_dim]
-        episode_returns, episode_success = np.zeros(num_tasks), np.zeros(num_tasks, bool)  # success: MetaWorld's
-        global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
-        stateful = {"actor": actor, "critic": critic, "target_critic": target_critic, "log_alpha": log_alpha}
-        stateful |= {"actor_optimizer": actor_optimizer, "critic_optimizer": critic_optimizer}
-        stateful |= {"alpha_optimizer": alpha_optimizer, "normalizer": normalizer}
-        if ckpt:
-            run_utils.restore_state(ckpt, stateful, rng, device, envs)
-            global_step, obs = ckpt["global_step"], ckpt["obs"].numpy()
-            episode_returns, episode_success = ckpt["episode_returns"].numpy(), ckpt["episode_success"].numpy()
-            first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
-
-        def checkpoint() -> dict:
-            buffer = rb.state_dict() if args.save_buffer else None
-            return run_utils.checkpoint_state(
-                run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
-                episode_returns=episode_returns, episode_success=episode_success, replay_buffer=buffer,
-            )  # fmt: skip
-
-        # Each task's reward divisor, changed in place (a CUDA graph reads it from a fixed address); None: raw rewards.
-        reward_scales = torch.ones(num_tasks, device=device) if args.reward_norm else None
-        loss_fn = critic_loss if args.critic_loss == "categorical" else mse_critic_loss
-
-        def update_step(batch: Batch) -> torch.Tensor:
-            return update(
-                batch, critic, target_critic, actor, log_alpha, optimizers, action_masks, target_entropy,
-                reward_scales, support, args.gamma, args.tau, loss_fn,
-            )  # fmt: skip
-
-        update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
-
-        def learn():
-            """-- update --: this step's reward scales (with the temperature before its updates), then
-            `updates_per_step` updates on fresh batches."""
-            if args.reward_norm:
-                g_bar = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
-                reward_scales.copy_(reward_scale(g_bar, log_alpha.detach().exp(), target_entropy, args.gamma))
-            for _ in range(args.updates_per_step):
-                run.add_metrics(update_step(rb.sample(batch_size, device)))
-
-        task_ids, random_action_mask = torch.arange(num_tasks, device=device), action_masks.cpu().numpy()
-        run.start()
-        while global_step < args.total_timesteps and not run.stop_requested:
-            # -- act --
-            if global_step < args.learning_starts:
-                actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * random_action_mask
-            else:
-                with torch.no_grad():
-                    obs_t = torch.as_tensor(obs, device=device)
-                    actions = actor.sample(obs_t, critic.embed(task_ids), action_masks)[0].cpu().numpy()
-            # -- step envs -- With --async-envs the worker processes simulate while this process runs the update,
-            # which then samples transitions up to the previous step (a one-step data lag; see the README).
-            if args.async_envs:
-                envs.step_async(actions)
-                if global_step >= first_update_step:
-                    learn()
-            step_envs = envs.step_wait if args.async_envs else partial(envs.step, actions)
-            # (the guard stops the run, with its state saved, if a simulator fails or returns NaN)
-            next_obs, rewards, terminations, truncations, infos = run.guard_envs(
-                global_step, env_ids, checkpoint, step_envs
-            )
-
-            # -- record --
-            real_next_obs = next_obs.copy()  # where an episode ended, next_obs is already the reset observation
-            no_success = np.zeros(num_tasks, bool)  # (the flag of an episode's last step is in final_info)
-            episode_success |= infos.get("success", no_success) | infos.get("final_info", {}).get("success", no_success)
-            for i in range(num_tasks):
-                normalizer.record(i, float(rewards[i]))
-                episode_returns[i] += rewards[i]
-                if terminations[i] or truncations[i]:
-                    real_next_obs[i] = infos["final_obs"][i]
-                    normalizer.end_episode(i, bool(terminations[i]))
-                    run.log({f"charts/episodic_return/{env_ids[i]}": episode_returns[i]}, global_step)
-                    if i in metaworld:
-                        run.log({f"charts/success/{env_ids[i]}": float(episode_success[i])}, global_step)
-                    episode_returns[i], episode_success[i] = 0, False
-
-            # -- store (the true final observation, even when the episode ended) --
-            rb.add(obs, actions, rewards, real_next_obs, terminations)
-            obs = next_obs
-            global_step += 1
-
-            # -- update (the serial loop; see above for --async-envs): the first after `learning_starts` transitions --
-            if not args.async_envs and global_step >= first_update_step:
-                learn()
-            run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
-
-            # -- evaluate, log, checkpoint --
-            if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                returns, successes = evaluate(  # (Ctrl-C ends it after the current episode)
-                    actor, critic, eval_envs, obs_dim, args.eval_episodes, action_masks, device, args.seed + global_step,
-                    run.video_dir(global_step), stop=run.should_stop,
-                )  # fmt: skip
-                summary, per_task = {"mean_return": returns.mean()}, {}
-                if metaworld:  # success rates: each MetaWorld task's, and their mean
-                    summary["success_rate"] = successes[metaworld].mean()
-                    per_task["success"] = {env_ids[i]: successes[i] for i in metaworld}
-                run.log_evaluation(global_step, dict(zip(env_ids, returns)), summary, per_task)
-            if run.progress_due(global_step):
-                scalars = {"charts/alpha": log_alpha.exp().item()}
-                if args.reward_norm:  # the scales the last updates used
-                    scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, reward_scales.tolist())}
-                run.progress(global_step, scalars, PROGRESS)
-            if run.save_due(global_step):
-                run.save(global_step, checkpoint)
-        return run.finish(global_step, checkpoint)
+    return device, buffer_device
 
 
 if __name__ == "__main__":

@@ -80,15 +80,14 @@ def make_update(width, batch_size, obs_dim, action_dim, num_tasks, device, flags
     actor = bro_mt.Actor(obs_dim, action_dim, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
     optimizers = bro_mt.make_optimizers(critic, actor, log_alpha, 3e-4, 1e-4, 3e-4, flags.get("cudagraphs", False))
+    nets = bro_mt.Nets(critic, target, actor, log_alpha, *optimizers)
     masks = torch.ones(num_tasks, action_dim, device=device)
     entropy = torch.full((num_tasks,), -action_dim / 2, device=device)
     support, g_bar = torch.linspace(-10, 10, 101, device=device), torch.full((num_tasks,), 100.0, device=device)
     scales = bro_mt.reward_scale(g_bar, 0.1, entropy, 0.99)  # the training loop computes them once per env step
 
     def update_step(batch):
-        return bro_mt.update(
-            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, support, 0.99, 0.005
-        )
+        return bro_mt.update(batch, nets, masks, entropy, scales, support, 0.99, 0.005)
 
     batch = bro_mt.Batch(
         torch.randn(batch_size, obs_dim, device=device),

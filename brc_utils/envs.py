@@ -4,7 +4,7 @@ simulator state that exact resume saves. Not BRC: a student never needs this fil
   Suites and task ids ...... DMC_* and MW_* suites, `resolve_env_ids` (checks every id, suggests the closest name)
   DMCEnv ................... a dm_control task with flat float32 observations, actions in [-1, 1], true terminations
   MetaWorldEnv ............. a MetaWorld v3 task, goal-observable, 200-step episodes, success flags
-  make_env ................. one task's env from its id
+  make_env, make_task_envs . one task's env from its id; all tasks' training envs as one vector env
   Simulator state .......... a MuJoCo simulation's full state and a wrapper's plain attributes, for checkpoints
 
 Every env zero-pads its observation and cuts the actor's action to its own size (`pad_to`): how tasks of different
@@ -14,6 +14,7 @@ sizes share one network is BRC's design, explained in bro_mt.py ("Tasks").
 import difflib
 import math
 import os
+from functools import partial
 from typing import Optional
 
 # MuJoCo picks its rendering backend when dm_control is imported. EGL renders headless on GPUs and most Linux
@@ -22,6 +23,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym
 import numpy as np
 import torch
+
+from brc_utils.run import make_vector_env
 
 try:  # MuJoCo loads the MUJOCO_GL renderer on import: an unknown name or a missing library fails here
     import mujoco
@@ -152,7 +155,8 @@ class MetaWorldEnv(gym.Env):
     observation (hand, gripper, objects, their previous values, the goal's position) to float32, padded; 4 actions
     in [-1, 1] (the hand's xyz move, the grip). MetaWorld never terminates: episodes are truncated after 200 steps,
     and bootstrap. info["success"] is MetaWorld's per-step flag; evaluation counts an episode a success if any
-    step is.
+    step is, and the last step of an episode reports info["episode_success"]: whether any of its steps succeeded
+    (as gymnasium's RecordEpisodeStatistics reports an episode's return).
 
     goals="fixed" (the released code): the object and goal positions are drawn once, from the seed, when the env
     is built. Every training episode of a task starts the same way, and the evaluation envs (other seeds) test other
@@ -172,6 +176,7 @@ class MetaWorldEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
         self.renderer = None
+        self.episode_success = False  # did any step of the current episode succeed?
 
     def _pad(self, obs: np.ndarray) -> np.ndarray:
         return np.pad(obs.astype(np.float32), (0, self.observation_space.shape[0] - self.obs_size))
@@ -179,11 +184,16 @@ class MetaWorldEnv(gym.Env):
     def reset(self, seed: Optional[int] = None, options=None):
         if seed is not None:
             self.env.seed(seed)  # MetaWorld ignores reset(seed=...)
+        self.episode_success = False
         return self._pad(self.env.reset()[0]), {}
 
     def step(self, action):
         obs, reward, _, truncated, info = self.env.step(np.clip(action[: self.action_size], -1, 1))
-        return self._pad(obs), float(reward), False, truncated, {"success": bool(info["success"])}
+        self.episode_success |= bool(info["success"])
+        info = {"success": bool(info["success"])}
+        if truncated:  # MetaWorld never terminates
+            info["episode_success"] = self.episode_success
+        return self._pad(obs), float(reward), False, truncated, info
 
     def render(self, size: int = 256) -> np.ndarray:
         if self.renderer is None or self.renderer.height != size:
@@ -205,12 +215,14 @@ class MetaWorldEnv(gym.Env):
             "physics": physics,
             "attributes": plain_attributes(self.env, self.env.data),
             "rng": self.env.np_random.bit_generator.state,
+            "episode_success": self.episode_success,
         }
 
     def set_state(self, state: dict):
         set_simulator_state(self.env.model, self.env.data, state["physics"])
         set_plain_attributes(self.env, state["attributes"], self.env.data)
         self.env.np_random.bit_generator.state = state["rng"]
+        self.episode_success = state.get("episode_success", False)  # checkpoints from before it: none so far
 
     state = property(get_state, set_state)
 
@@ -220,6 +232,17 @@ def make_env(env_id: str, seed: int, max_episode_steps=None, pad_to=None, metawo
     if env_id.startswith("metaworld-"):
         return MetaWorldEnv(env_id, seed, max_episode_steps, pad_to, metaworld_goals)
     return DMCEnv(env_id, seed, max_episode_steps, pad_to)
+
+
+def make_task_envs(env_ids, seed, max_episode_steps, pad_to, metaworld_goals, async_envs) -> gym.vector.VectorEnv:
+    """The training envs: one per task (task i seeded with seed + i), stepped together as one vector env, in this
+    process or, with --async-envs, each in a worker process (run.make_vector_env). Where an episode ends, the step
+    returns the next episode's first observation; the true last one is in infos["final_obs"]."""
+    env_fns = [
+        partial(make_env, env_id, seed + i, max_episode_steps, pad_to, metaworld_goals)
+        for i, env_id in enumerate(env_ids)
+    ]
+    return make_vector_env(env_fns, async_envs)
 
 
 # ---- Simulator state (exact resume) ----

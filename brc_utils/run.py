@@ -285,6 +285,7 @@ class Run:
 
     def __init__(self, script: str, args, label: str, metric_names: list, device, resume: Optional[dict] = None):
         self.script, self.args, self.metric_names, self.total_steps = script, args, metric_names, args.total_timesteps
+        self.device, self.resume_from = device, resume
         self.resumed = resume is not None
         if resume is None:
             self.name = new_run_dir(f"{label}__{args.exp_name}__{args.seed}__{int(time.time())}")
@@ -327,10 +328,11 @@ class Run:
         self.stop_requested = True
         print(f"{name}: stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
 
-    def close_on_exit(self, resource):
-        """Close `resource` (e.g. the vector env and its worker processes) when the run exits; returns it."""
-        self.resources.append(resource)
-        return resource
+    def close_on_exit(self, *resources):
+        """Close each of `resources` (e.g. the vector env and its worker processes) when the run exits; returns the
+        first."""
+        self.resources.extend(resources)
+        return resources[0]
 
     def video_dir(self, step: int) -> Optional[str]:
         """Where --capture-video puts the videos of the evaluation at `step` (None without the flag)."""
@@ -463,9 +465,10 @@ class Run:
         )
         return True
 
-    def finish(self, step: int, checkpoint: Callable[[], dict]) -> str:
-        """Save the final (or the stopped run's) checkpoint and say how to continue."""
-        self.save(step, checkpoint, final=True)
+    def finish(self, step: int, checkpoint: Optional[Callable[[], dict]] = None) -> str:
+        """Save the final (or the stopped run's) checkpoint and say how to continue; returns its path. `checkpoint`
+        defaults to what restore_or_start named."""
+        self.save(step, checkpoint or self.checkpoint, final=True)
         if self.stop_requested:
             print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
         else:
@@ -500,6 +503,67 @@ class Run:
             return f"state saved to {path} for inspection (the last regular checkpoint: {self.checkpoint_path})"
         except Exception as error:
             return f"the state could not be saved ({error}); the last regular checkpoint: {self.checkpoint_path}"
+
+    # -- The training loop's plumbing: one call per phase, so that each script's loop reads as the algorithm --
+    def restore_or_start(self, stateful: dict, loop, rng, envs, replay_buffer, config: dict) -> int:
+        """Name what every checkpoint holds and, on --resume, load it back now; then start the loop's clock.
+
+        `stateful`: objects saved through their state_dict (networks, optimisers, the reward normaliser) or as
+        tensors (the temperature); `loop`: the dataclass of the loop's own variables (step, observations, running
+        returns), saved field by field; `rng`: the NumPy generator of the loop; `envs`: the vector env, whose
+        simulators' states are saved; `replay_buffer`: saved with --save-buffer; `config`: what a resume must match.
+        Returns the step of the first update: --learning-starts, or later on a resume whose checkpoint holds no
+        replay buffer (the buffer refills first)."""
+        save_buffer = self.args.save_buffer
+
+        def checkpoint() -> dict:
+            fields = {f.name: getattr(loop, f.name) for f in dataclasses.fields(loop)}
+            buffer = replay_buffer.state_dict() if save_buffer else None
+            envs_state = list(envs.get_attr("state"))
+            return checkpoint_state(
+                self,
+                config,
+                loop.global_step,
+                stateful,
+                rng,
+                self.device,
+                envs=envs_state,
+                replay_buffer=buffer,
+                **fields,
+            )
+
+        self.checkpoint = checkpoint
+        first_update_step = self.args.learning_starts
+        if self.resume_from is not None:
+            ckpt = self.resume_from
+            restore_state(ckpt, stateful, rng, self.device, envs)
+            for f in dataclasses.fields(loop):
+                value = ckpt[f.name]
+                setattr(loop, f.name, value.numpy().copy() if isinstance(value, torch.Tensor) else value)
+            first_update_step = restore_replay(ckpt, replay_buffer, self.args.learning_starts)
+        self.start()
+        return first_update_step
+
+    def step_envs_guarded(self, envs, actions, step: int, tasks: list, while_stepping: Optional[Callable] = None):
+        """Step every task's env once with `actions` and return (obs, rewards, terminations, truncations, infos).
+
+        With `while_stepping` (--async-envs), the actions go to the worker processes, `while_stepping()` (the update)
+        runs here while they simulate, and then the results are collected. A simulator error or a non-finite
+        observation or reward stops the run, naming the task, with the state saved for inspection (guard_envs)."""
+        if while_stepping is None:
+            return self.guard_envs(step, tasks, self.checkpoint, envs.step, actions)
+        envs.step_async(actions)
+        while_stepping()
+        return self.guard_envs(step, tasks, self.checkpoint, envs.step_wait)
+
+    def end_of_step(self, step: int, progress_scalars: Callable[[], dict], summary: str):
+        """After each step: stop the run, saved, if an update produced a non-finite loss; print the progress line when
+        it is due (with `progress_scalars()` and `summary`, see progress); save a checkpoint when one is due."""
+        self.check_finite(step, self.checkpoint)
+        if self.progress_due(step):
+            self.progress(step, progress_scalars(), summary)
+        if self.save_due(step):
+            self.save(step, self.checkpoint)
 
 
 # ---- Checkpoints ----

@@ -165,14 +165,23 @@ def test_task_names_and_suites():
 
 
 def test_training_episodes_log_success_at_any_step_including_the_last(monkeypatch):
-    """Success on one step of some episodes: the mid-episode flag comes in the step's info, the last step's in the
-    vector env's final_info. Each finished MetaWorld episode logs charts/success/{task}, dm_control ones nothing."""
-    step = brc_envs.MetaWorldEnv.step
+    """Success on one step of some episodes, scripted in MetaWorld's own env: the adapter reports at each episode's
+    last step whether any step succeeded (info["episode_success"], which the vector env passes in final_info). Each
+    finished MetaWorld episode logs charts/success/{task}, dm_control ones nothing."""
+    init = brc_envs.MetaWorldEnv.__init__
 
-    def scripted(self, action):  # 40-step episodes: success at step 10 of episode 0, step 40 (the last) of 2
-        obs, reward, terminated, truncated, info = step(self, action)
-        episode, t = self.episodes_started, self.env.curr_path_length
-        return obs, reward, terminated, truncated, {"success": (episode, t) in {(1, 10), (3, 40)}}
+    def scripted_init(
+        self, *args, **kwargs
+    ):  # 40-step episodes: success at step 10 of episode 1, step 40 (the last) of 3
+        init(self, *args, **kwargs)
+        inner_step = self.env.step
+
+        def step(action):
+            obs, reward, terminated, truncated, info = inner_step(action)
+            scripted = (getattr(self, "episodes_started", 0), self.env.curr_path_length) in {(1, 10), (3, 40)}
+            return obs, reward, terminated, truncated, {**info, "success": float(scripted)}
+
+        self.env.step = step
 
     reset = brc_envs.MetaWorldEnv.reset
 
@@ -180,7 +189,7 @@ def test_training_episodes_log_success_at_any_step_including_the_last(monkeypatc
         self.episodes_started = getattr(self, "episodes_started", 0) + 1
         return reset(self, seed, options)
 
-    monkeypatch.setattr(brc_envs.MetaWorldEnv, "step", scripted)
+    monkeypatch.setattr(brc_envs.MetaWorldEnv, "__init__", scripted_init)
     monkeypatch.setattr(brc_envs.MetaWorldEnv, "reset", counting_reset)
     path = bro_mt.main(bro_mt.Args(**{**MIXED, "total_timesteps": 160, "learning_starts": 1000, "eval_interval": 1000}))
     logged = scalars(os.path.dirname(path))

@@ -26,7 +26,13 @@ def make_learner(device="cpu", bf16=False, capturable=False):
     target = copy.deepcopy(critic).requires_grad_(False)
     actor = bro_mt.Actor(OBS, ACT, critic.embedding_dim).to(device)
     log_alpha = torch.tensor(math.log(0.1), device=device, requires_grad=True)
-    optimizers = bro_mt.make_optimizers(critic, actor, log_alpha, 3e-4, 1e-4, 3e-4, capturable)
+    nets = bro_mt.Nets(
+        critic,
+        target,
+        actor,
+        log_alpha,
+        *bro_mt.make_optimizers(critic, actor, log_alpha, 3e-4, 1e-4, 3e-4, capturable),
+    )
     masks = torch.ones(TASKS, ACT, device=device)
     masks[0, 2] = 0  # task 0 has two action dims
     entropy = -masks.sum(-1) / 2
@@ -34,9 +40,7 @@ def make_learner(device="cpu", bf16=False, capturable=False):
     scales = bro_mt.reward_scale(torch.tensor([5.0, 50.0, 500.0], device=device), 0.1, entropy, 0.99)
 
     def update_step(batch):
-        return bro_mt.update(
-            batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, support, 0.99, 0.005
-        )
+        return bro_mt.update(batch, nets, masks, entropy, scales, support, 0.99, 0.005)
 
     return update_step, (critic, target, actor, log_alpha)
 

@@ -281,8 +281,8 @@ def test_task_embedding_starts_as_flax_and_turns_at_adams_pace():
                       torch.arange(64) % 3)  # fmt: skip
         target = Critic(5, 2, 3, 16, embedding_dim=32).requires_grad_(False)
         masks, support = torch.ones(3, 2), torch.linspace(-10, 10, 101)
-        bro_mt.update(batch, critic, target, actor, log_alpha, optimizers, masks, -masks.sum(-1) / 2, None, support,
-                      0.99, 0.005)  # fmt: skip
+        nets = bro_mt.Nets(critic, target, actor, log_alpha, *optimizers)
+        bro_mt.update(batch, nets, masks, -masks.sum(-1) / 2, None, support, 0.99, 0.005)
         after = critic.task_embedding.weight.detach()
         cosine = F.cosine_similarity(before.double(), after.double(), dim=-1).clamp(max=1)  # float64: tiny angles
         return after - before, torch.rad2deg(torch.acos(cosine)), before.norm(dim=-1)
@@ -567,9 +567,9 @@ def test_reward_scale_once_per_step_with_the_temperature_before_its_updates(monk
     another scale)."""
     events, real_update, real_g_bar = [], bro_mt.update, RewardNormalizer.max_abs_return
 
-    def spy_update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, *rest):
-        events.append(("update", scales.clone(), log_alpha.detach().clone()))
-        return real_update(batch, critic, target, actor, log_alpha, optimizers, masks, entropy, scales, *rest)
+    def spy_update(batch, nets, masks, entropy, scales, *rest):
+        events.append(("update", scales.clone(), nets.log_alpha.detach().clone()))
+        return real_update(batch, nets, masks, entropy, scales, *rest)
 
     def spy_g_bar(normalizer):
         events.append(("g_bar", real_g_bar(normalizer)))
