@@ -272,6 +272,9 @@ def new_run_dir(name: str) -> str:
         ) from None
 
 
+SIGNAL_GRACE = 1.0  # seconds: a repeated signal within them is the first one delivered twice (see Run._on_signal)
+
+
 class Run:
     """One training run's plumbing: its folder under runs/, the TensorBoard (and --track: wandb) writer, the progress
     line, interval means of the update's metrics, the NaN guard, checkpoints and Ctrl-C / SIGTERM / SIGHUP.
@@ -309,6 +312,7 @@ class Run:
         self.metrics_count = 0
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
         self.started = self.stop_requested = False
+        self.signal_time = None  # when the first Ctrl-C / SIGTERM / SIGHUP came
         self.last_save = time.time()
         self.learning_since = None  # (step, time) where the updates started, for the ETA
         self.saved = set()  # the checkpoint_step{N}.pt files this process wrote
@@ -318,14 +322,26 @@ class Run:
 
     def _on_signal(self, signum, frame):
         """Ctrl-C, SIGTERM and SIGHUP ask the loop to stop at the end of the current step, where the state is
-        consistent; during set-up there is nothing to save yet, so they stop at once."""
-        name = signal.Signals(signum).name
+        consistent; during set-up there is nothing to save yet, so they stop at once.
+
+        One key press often arrives twice: under `timeout 300 python bro_mt.py` a terminal's Ctrl-C goes to both
+        processes and `timeout` forwards its copy, a millisecond after the first. So a repeat within SIGNAL_GRACE
+        seconds of the first signal is the same request; only a later one, after the notice was printed and the
+        run visibly went on, quits at once without saving (to force-quit a save that hangs)."""
+        name, now = signal.Signals(signum).name, time.time()
+        if self.signal_time is not None and now - self.signal_time < SIGNAL_GRACE:
+            return  # the same request, delivered twice
+        if self.signal_time is not None:
+            raise KeyboardInterrupt  # asked again, on purpose: quit at once, without saving
+        self.signal_time = now
         if not self.started:
             raise SystemExit(f"{name} during set-up: stopped before training, nothing to save")
-        if self.stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
         self.stop_requested = True
-        print(f"{name}: stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
+        print(
+            f"{name}: stopping after this step to save a checkpoint (Ctrl-C again, a second from now or later, quits "
+            "without saving)",
+            flush=True,
+        )
 
     def close_on_exit(self, resource):
         """Close `resource` (e.g. the vector env and its worker processes) when the run exits; returns it."""

@@ -187,7 +187,7 @@ def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_first_signal_asks_to_stop_and_a_second_quits(signum, signals, capsys):
+def test_first_signal_asks_to_stop_and_a_later_one_quits(signum, clock, signals, capsys):
     with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
         run.start()
         assert not run.stop_requested
@@ -199,11 +199,31 @@ def test_first_signal_asks_to_stop_and_a_second_quits(signum, signals, capsys):
         assert f"checkpoint saved at step 5: {path} (" in out
         assert f"stopped at step 5; continue with: python bro_test.py --resume {path}" in out
         assert torch.load(path, weights_only=True)["global_step"] == 5
-        with pytest.raises(KeyboardInterrupt):  # second: quit at once
+        clock.now += run_utils.SIGNAL_GRACE  # the run visibly went on: asked again, on purpose
+        with pytest.raises(KeyboardInterrupt):  # quit at once
             os.kill(os.getpid(), signum)
             wait_until(lambda: False, seconds=5)
     assert signals.received == []  # the Run's handlers took both signals...
     assert signal.getsignal(signal.SIGINT) is signals and signal.getsignal(signal.SIGTERM) is signals  # ...till exit
+
+
+def test_one_ctrl_c_delivered_twice_still_saves(clock, signals, capsys):
+    """`timeout 300 python bro_mt.py` and a terminal's Ctrl-C: SIGINT from the terminal, and a millisecond later the
+    copy `timeout` forwards. Both are one request to stop and save; so is a repeat within the grace period."""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert wait_until(lambda: run.stop_requested)
+        wait_until(lambda: False, seconds=0.1)  # a KeyboardInterrupt would come here
+        clock.now += run_utils.SIGNAL_GRACE / 2
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. SIGTERM from a launcher right after: still the same request
+        wait_until(lambda: False, seconds=0.1)
+        path = run.finish(7, lambda: {"global_step": 7})
+    out = capsys.readouterr().out
+    assert out.count("SIGINT: stopping after this step") == 1 and "SIGTERM" not in out, out
+    assert "Ctrl-C again, a second from now or later, quits without saving" in out
+    assert torch.load(path, weights_only=True)["global_step"] == 7
 
 
 def test_a_signal_during_set_up_stops_at_once_and_leaves_no_empty_run_folder(signals):
