@@ -315,7 +315,7 @@ class Run:
         self.signal_time = None  # when the first Ctrl-C / SIGTERM / SIGHUP came
         self.last_save = time.time()
         self.learning_since = None  # (step, time) where the updates started, for the ETA
-        self.saved = set()  # the checkpoint_step{N}.pt files this process wrote
+        self.saved = set()  # the checkpoint_step{N}.pt file this process wrote last (it removes its older ones)
         self.resources = []  # closed on exit
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         self.previous_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
@@ -389,7 +389,7 @@ class Run:
     def check_finite(self, step: int, checkpoint: Callable[[], dict]):
         """Stop the run, with its state saved, once an update produced a non-finite loss (one host sync per step)."""
         if self.metrics_count and not torch.isfinite(self.metrics_sum).all():
-            path = os.path.join(self.dir, f"nan_step{step}.pt")
+            path = self._path_to_write(f"nan_step{step}")
             save_checkpoint(path, checkpoint())
             means = {name: value for name, value in zip(self.metric_names, self.metrics_sum.tolist())}
             means = {name: value / self.metrics_count for name, value in means.items()}
@@ -452,11 +452,12 @@ class Run:
     def save(self, step: int, checkpoint: Callable[[], dict], final: bool = False) -> bool:
         """Save checkpoint_step{N}.pt (atomically, with a checksum), point checkpoint.pt at it (a hard link: no copy)
         and say so in one line. Checkpoints that were there before this process, such as the one a resumed run
-        started from, are never overwritten or removed; of its own, the process keeps only the latest. A failed save
+        started from, are never overwritten or removed (a step file of the same name goes beside it, with a '+');
+        of its own, the process keeps only the latest. A failed save
         (a full disk, say) leaves the last good checkpoint as it was: a warning while the run goes on, an error at
         the end."""
         start, self.last_save = time.time(), time.time()
-        path = os.path.join(self.dir, f"checkpoint_step{step}.pt")
+        path = self._path_to_write(f"checkpoint_step{step}")
         try:
             save_checkpoint(path, checkpoint())
             link = f"{self.checkpoint_path}.{os.getpid()}.link"
@@ -509,8 +510,18 @@ class Run:
             )
         return result
 
+    def _path_to_write(self, stem: str) -> str:
+        """runs/{name}/{stem}.pt, unless a file of that name is there that this process did not write: then
+        {stem}+.pt ({stem}++.pt, ...), as run folders do. A process never replaces a file it did not write; such a file
+        is there when a run resumed from an older checkpoint reaches a step that its first continuation saved."""
+        while True:
+            path = os.path.join(self.dir, f"{stem}.pt")
+            if path in self.saved or not os.path.exists(path):
+                return path
+            stem += "+"
+
     def _save_for_inspection(self, step: int, checkpoint: Callable[[], dict], kind: str) -> str:
-        path = os.path.join(self.dir, f"{kind}_step{step}.pt")
+        path = self._path_to_write(f"{kind}_step{step}")
         try:
             save_checkpoint(path, checkpoint())
             return f"state saved to {path} for inspection (the last regular checkpoint: {self.checkpoint_path})"

@@ -255,6 +255,44 @@ def test_save_says_where_and_how_big(signals, capsys):
     assert out.startswith(f"checkpoint saved at step 300: {run.checkpoint_path} (1.0 MiB, "), out
 
 
+def test_a_resume_never_replaces_a_step_file_it_did_not_write(signals):
+    """Run to 120 (saving 60 and 120), then continue from step 60 again: the second branch's step-120 checkpoint
+    goes beside the first one's (checkpoint_step120+.pt), and checkpoint.pt points at the latest save."""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as first:
+        first.start()
+        first.save(60, lambda: {"global_step": 60})
+        first.save(120, lambda: {"global_step": 120, "branch": 1})
+        first.save(120, lambda: {"global_step": 120, "branch": 1})  # its own file: replaced, not branched
+    folder = first.dir
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".pt")) == ["checkpoint.pt", "checkpoint_step120.pt"]
+    with run_utils.Run(
+        "bro_test.py", Args(), "label", ["losses/a"], CPU, resume={"run_name": first.name, "global_step": 60}
+    ) as second:
+        second.start()
+        second.save(120, lambda: {"global_step": 120, "branch": 2})
+        second.save(150, lambda: {"global_step": 150, "branch": 2})  # removes its own step-120 file only
+        with pytest.raises(SystemExit, match="nan_step150"):
+            second.add_metrics(torch.tensor([math.nan]))
+            second.check_finite(150, lambda: {"branch": 2})
+    assert torch.load(os.path.join(folder, "checkpoint_step120.pt"), weights_only=True)["branch"] == 1
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".pt")) == [
+        "checkpoint.pt", "checkpoint_step120.pt", "checkpoint_step150.pt", "nan_step150.pt"
+    ]  # fmt: skip
+    assert torch.load(first.checkpoint_path, weights_only=True)["global_step"] == 150
+
+    with run_utils.Run(
+        "bro_test.py", Args(), "label", ["losses/a"], CPU, resume={"run_name": first.name, "global_step": 60}
+    ) as third:
+        third.start()
+        third.save(120, lambda: {"global_step": 120, "branch": 3})
+        with pytest.raises(SystemExit, match=r"nan_step150\+\.pt"):  # a NaN that recurs: both files kept
+            third.add_metrics(torch.tensor([math.nan]))
+            third.check_finite(150, lambda: {"branch": 3})
+    assert torch.load(os.path.join(folder, "checkpoint_step120.pt"), weights_only=True)["branch"] == 1
+    assert torch.load(os.path.join(folder, "checkpoint_step120+.pt"), weights_only=True)["branch"] == 3
+    assert torch.load(os.path.join(folder, "nan_step150.pt"), weights_only=True)["branch"] == 2
+
+
 def test_warn_if_slow_only_on_a_cpu_and_only_when_slow(capsys):
     run_utils.warn_if_slow(CPU, 1.0, "try a smaller critic")
     run_utils.warn_if_slow(torch.device("cuda"), 5000.0, "try a smaller critic")
