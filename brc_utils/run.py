@@ -17,6 +17,7 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import math
 import os
@@ -275,6 +276,42 @@ def new_run_dir(name: str) -> str:
 SIGNAL_GRACE = 1.0  # seconds: a repeated signal within them is the first one delivered twice (see Run._on_signal)
 
 
+def lock_run_dir(run_dir: str):
+    """Lock runs/{name} for this process (its file run.lock) and return the open lock file; closing it unlocks.
+
+    Two processes resuming one run folder at once would remove each other's checkpoints and mix their logs, so the
+    second is refused, naming the first. The lock is an flock: the kernel drops it when its process ends in any way,
+    a crash or SIGKILL included, so a lock file left behind never blocks a later resume. A folder this process cannot
+    write to (a read-only copy, say) is refused here too, with what to do, before anything else is written."""
+    path = os.path.join(run_dir, "run.lock")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = open(path, "a+")
+    except OSError as error:
+        raise SystemExit(
+            f"cannot write to the run folder {run_dir} ({error.strerror}); make it writable, or start from another "
+            f"folder: a resumed run writes its logs and checkpoints to runs/{os.path.basename(run_dir)} under the "
+            "current folder"
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise SystemExit(
+            f"{run_dir} is in use: process {holder} is training it, and two processes cannot continue one run folder "
+            f"at once. Wait for it to end (Ctrl-C or SIGTERM to it saves a checkpoint and stops it), then resume; or, "
+            f"to continue a second copy beside it, resume from another folder (it writes its own runs/"
+            f"{os.path.basename(run_dir)} there)"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 class Run:
     """One training run's plumbing: its folder under runs/, the TensorBoard (and --track: wandb) writer, the progress
     line, interval means of the update's metrics, the NaN guard, checkpoints and Ctrl-C / SIGTERM / SIGHUP.
@@ -295,6 +332,7 @@ class Run:
             self.name = resume["run_name"]
         self.dir = os.path.join("runs", self.name)
         self.checkpoint_path = os.path.join(self.dir, "checkpoint.pt")
+        self.lock = lock_run_dir(self.dir)  # held till exit: one process at a time continues a run folder
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(self.dir, purge_step=resume["global_step"] if resume else None)
@@ -374,6 +412,7 @@ class Run:
             import wandb
 
             wandb.finish()
+        self.lock.close()
         if not self.started and not self.resumed:  # stopped or refused during set-up: nothing was trained
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -7,6 +7,8 @@ import errno
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -181,7 +183,7 @@ def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
             run.check_finite(7, lambda: {"x": torch.zeros(1)})
     path = os.path.join("runs", run.name, "nan_step7.pt")
     assert path in str(stop.value)
-    assert [f for f in os.listdir(run.dir) if "tfevents" not in f] == ["nan_step7.pt"]  # none for step 6
+    assert [f for f in os.listdir(run.dir) if f.endswith(".pt")] == ["nan_step7.pt"]  # none for step 6
     assert torch.load(path, weights_only=True).keys() == {"x", "checksum"}
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.zeros(1))
 
@@ -291,6 +293,56 @@ def test_a_resume_never_replaces_a_step_file_it_did_not_write(signals):
     assert torch.load(os.path.join(folder, "checkpoint_step120.pt"), weights_only=True)["branch"] == 1
     assert torch.load(os.path.join(folder, "checkpoint_step120+.pt"), weights_only=True)["branch"] == 3
     assert torch.load(os.path.join(folder, "nan_step150.pt"), weights_only=True)["branch"] == 2
+
+
+def test_a_second_process_cannot_continue_a_run_folder_in_use(signals):
+    """Two resumers of one run folder would remove each other's checkpoints and mix their logs: the second is refused,
+    naming the holder, until the first exits. (In one process two opens of the lock file conflict as two processes.)"""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as first:
+        first.start()
+        resume = {"run_name": first.name, "global_step": 0}
+        with pytest.raises(SystemExit, match=f"is in use: process {os.getpid()} is training it") as refused:
+            run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU, resume=resume)
+        assert "Wait for it to end" in str(refused.value) and "resume from another folder" in str(refused.value)
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU, resume=resume) as second:  # released
+        assert open(os.path.join(second.dir, "run.lock")).read() == f"{os.getpid()}\n"
+
+
+def test_the_lock_of_a_killed_run_does_not_block_a_resume(signals):
+    """SIGKILL (or a crash) leaves run.lock behind, but the kernel dropped the flock with the process."""
+    os.makedirs(os.path.join("runs", "killed"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open('runs/killed/run.lock', 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.write('12345'); f.flush(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(SystemExit, match="process 12345 is training it"):
+            run_utils.Run(
+                "bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "killed", "global_step": 0}
+            )
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with run_utils.Run("bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "killed", "global_step": 0}):
+        pass
+
+
+def test_a_run_folder_that_cannot_be_written_is_named(signals, monkeypatch):
+    """A resume in a read-only run folder: one line that says what to do, not SummaryWriter's OSError traceback.
+    (Tests may run as root, who can write anywhere, so the refusal is faked.)"""
+    os.makedirs(os.path.join("runs", "readonly"))
+    real_open = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(os.path.join("runs", "readonly")):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(SystemExit, match=r"cannot write to the run folder runs/readonly \(Permission denied\); make"):
+        run_utils.Run("bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "readonly", "global_step": 0})
 
 
 def test_warn_if_slow_only_on_a_cpu_and_only_when_slow(capsys):
