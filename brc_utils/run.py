@@ -629,6 +629,27 @@ def save_checkpoint(path: str, state: dict):
             os.remove(tmp)
 
 
+def check_checkpoint_space(run_dir: str, checkpoint_bytes: int) -> bool:
+    """At start-up, warn when the disk of the run folder cannot hold this run's checkpoints (`checkpoint_bytes`, the
+    estimated size of one: weights, optimiser moments and, with --save-buffer, the replay buffer). Without this a full
+    disk shows only at the first save, perhaps hours in, with no earlier checkpoint to fall back on. A save writes the
+    new checkpoint before it removes the previous one, so two must fit. Returns whether they do."""
+    one = int(1.05 * checkpoint_bytes) + 2**20  # as save_checkpoint's own check
+    free = shutil.disk_usage(run_dir).free
+    if free >= 2 * one:
+        return True
+    if free < one:
+        problem = "no checkpoint will fit: every save, the final one included, will fail"
+    else:
+        problem = "one fits, but a save writes the new checkpoint before it removes the previous one: the second fails"
+    print(
+        f"warning: a checkpoint of this run takes ~{size_text(one)}, and {size_text(free)} is free in {run_dir}: "
+        f"{problem}. Free some space (or leave out --save-buffer), or start from a folder on a larger disk.",
+        flush=True,
+    )
+    return False
+
+
 def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -> dict:
     """Load a checkpoint of `script` (it must hold `keys`, and match its checksum), or stop with a message that says
     what is wrong with it. A folder means the run's latest checkpoint, its checkpoint.pt."""

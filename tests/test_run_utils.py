@@ -388,6 +388,21 @@ def test_save_checkpoint_checks_free_space_first(monkeypatch):
     assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"] and torch.load(path)["step"] == 1
 
 
+def test_check_checkpoint_space_warns_at_start_up_when_checkpoints_will_not_fit(monkeypatch, capsys):
+    free = {"bytes": 2**30}
+    monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda folder: types.SimpleNamespace(free=free["bytes"]))
+    assert run_utils.check_checkpoint_space(".", 100 * 2**20)  # two of ~106 MiB fit in 1 GiB
+    assert capsys.readouterr().out == ""
+    free["bytes"] = 150 * 2**20
+    assert not run_utils.check_checkpoint_space(".", 100 * 2**20)
+    out = capsys.readouterr().out
+    assert out.startswith("warning: a checkpoint of this run takes ~106.0 MiB, and 150.0 MiB is free in .: one fits")
+    assert "the second fails" in out
+    free["bytes"] = 50 * 2**20
+    assert not run_utils.check_checkpoint_space(".", 100 * 2**20)
+    assert "no checkpoint will fit: every save, the final one included, will fail" in capsys.readouterr().out
+
+
 def test_two_savers_of_one_path_at_once_do_not_collide():
     path = os.path.join("runs", "r", "checkpoint.pt")
     states = [{"who": k, "weights": torch.full((2**16,), float(k))} for k in range(4)]
