@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -36,14 +37,18 @@ import torch
 # ---- Flags, device and memory ----
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """The valid values of a numeric flag: finite numbers from `low` to `high`, each end included unless open."""
+    """The valid values of a numeric flag: finite numbers from `low` to `high`, each end included unless open, and
+    infinity too where `inf_ok` (e.g. --save-minutes inf: never)."""
 
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    inf_ok: bool = False
 
     def __contains__(self, value) -> bool:
+        if self.inf_ok and value == math.inf:
+            return True
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
         return math.isfinite(value) and above and below
@@ -51,7 +56,8 @@ class Range:
     def __str__(self) -> str:
         low, high = (f"{int(x)}" if float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
         if self.high == math.inf:
-            return f"{'above' if self.low_open else 'at least'} {low}" if self.low > -math.inf else "a finite number"
+            text = f"{'above' if self.low_open else 'at least'} {low}" if self.low > -math.inf else "a finite number"
+            return text + (" (or inf)" if self.inf_ok else "")
         return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
     def just_outside(self) -> list:
@@ -88,7 +94,7 @@ class RunArgs:
     save_every: int = 0
     """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
     save_minutes: float = 30.0
-    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
+    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0 or inf: never)"""
     save_buffer: bool = False
     """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
     resume: Optional[str] = None
@@ -107,17 +113,35 @@ class RunArgs:
     """CPU threads for torch (None: automatic, 1 for small updates, else one per core or OMP_NUM_THREADS)"""
 
 
-RUN_FLAG_RANGES = {  # checked by check_flags together with each script's FLAG_RANGES
-    "seed": Range(0, 2**32 - 1), "save_every": Range(0), "save_minutes": Range(0), "log_interval": Range(1),
-    "threads": Range(1),
+# Checked by check_flags together with each script's FLAG_RANGES. Seeds stop at 2**31 - 1, although NumPy and MuJoCo
+# take any seed below 2**32: the scripts seed each env with seed + 10_000 + task and each evaluation with
+# seed + step + 1000 * task, and those must stay below 2**32 too.
+RUN_FLAG_RANGES = {
+    "seed": Range(0, 2**31 - 1), "save_every": Range(0), "save_minutes": Range(0, inf_ok=True),
+    "log_interval": Range(1), "threads": Range(1),
 }  # fmt: skip
+EXP_NAME = re.compile(r"[A-Za-z0-9._+-]{1,100}")  # --exp-name: part of a folder name, never a path
+
+
+def run_flag_problems(args) -> list:
+    """What is wrong with the run flags that are not numbers: an empty --resume (it would silently start a new run)
+    and an --exp-name that is not a plain folder name (`a/b` or `../../x` would put the run elsewhere)."""
+    problems = []
+    if args.resume is not None and not args.resume.strip():
+        problems.append(f"--resume {args.resume!r}: an empty path; give a checkpoint or a run folder (runs/NAME)")
+    if not EXP_NAME.fullmatch(args.exp_name):
+        problems.append(
+            f"--exp-name {args.exp_name!r}: use letters, digits and . _ - + only, at most 100 characters (it names "
+            "the run folder)"
+        )
+    return problems
 
 
 def check_flags(args, ranges: dict, problems: Optional[list] = None):
     """Refuse, before anything heavy, every flag outside its Range (`ranges`, then RUN_FLAG_RANGES; None means "the
-    default" and passes) and every
-    problem the caller found between flags: one line each, naming the flag, its value and what is valid."""
-    problems = list(problems or [])
+    default" and passes), every problem the caller found between flags and those of run_flag_problems: one line
+    each, naming the flag, its value and what is valid."""
+    problems = list(problems or []) + run_flag_problems(args)
     for name, valid in (ranges | RUN_FLAG_RANGES).items():
         value = getattr(args, name)
         if value is not None and value not in valid:

@@ -450,9 +450,10 @@ def test_checkpoints_are_due_every_save_every_steps_and_every_save_minutes(clock
         assert run.save_due(51)
         run.save(51, lambda: {"global_step": 51})
         assert not run.save_due(52)
-    with run_utils.Run("bro_test.py", Args(save_every=0, save_minutes=0), "other", ["losses/a"], CPU) as run:
-        clock.now += 10**6
-        assert not run.save_due(100)
+    for never in (0, math.inf):
+        with run_utils.Run("bro_test.py", Args(save_every=0, save_minutes=never), "other", ["a"], CPU) as run:
+            clock.now += 10**6
+            assert not run.save_due(100)
 
 
 def test_load_checkpoint_says_what_is_wrong():
@@ -590,6 +591,9 @@ def test_ranges_say_what_is_valid():
     )
     assert [v in gamma for v in (0.0, 0.99, 1.0, -0.1, math.nan, math.inf)] == [True, True, False, False, False, False]
     assert 1 in one and 0 not in one and 1e-9 in positive and 0.0 not in positive
+    never = run_utils.Range(0, inf_ok=True)  # --save-minutes inf
+    assert math.inf in never and -math.inf not in never and math.nan not in never and math.inf not in one
+    assert str(never) == "at least 0 (or inf)"
     assert [v for v in gamma.just_outside() if v == v] == [-1, 1] and math.isnan(gamma.just_outside()[0])
     args = Args(batch_size=0, gamma=0.5, critic_width=None, log_interval=0)
     with pytest.raises(SystemExit) as error:
