@@ -692,7 +692,9 @@ def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -
     if missing:
         raise SystemExit(f"{flag} {path}: not a {script} checkpoint (missing {sorted(missing)})")
     checksum = ckpt.pop("checksum", None)  # checkpoints written before checksums have none
-    if checksum is not None and checksum != content_checksum(ckpt):
+    if checksum is None:
+        print(f"warning: {flag} {path} has no checksum (it was written before checkpoints had one): not verified")
+    elif checksum != content_checksum(ckpt):
         raise SystemExit(
             f"{flag} {path}: the checkpoint's content does not match its checksum: the file was damaged after it "
             "was written (disk or copy error); use another checkpoint"
@@ -747,7 +749,16 @@ def load_for_resume(args, script: str, keys: set):
     at its default takes the checkpoint's value; a flag given with another value than the checkpoint's is refused,
     unless it is one of RESUMABLE_CHANGES. Returns (the flags to run with, the checkpoint)."""
     ckpt = load_checkpoint(args.resume, script, keys)
-    defaults, saved = type(args)(), ckpt.get("args", {})
+    defaults, saved, step = type(args)(), ckpt.get("args"), ckpt.get("global_step")
+    if not isinstance(saved, dict):
+        raise SystemExit(
+            f"--resume {ckpt['path']}: the checkpoint holds no 'args', the flags of its run, so it cannot continue with "
+            "them; resume a checkpoint that a training run saved"
+        )
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise SystemExit(
+            f"--resume {ckpt['path']}: its global_step {step!r} is not a step count; use another checkpoint"
+        )
     restored, conflicts = {}, []
     for name, value in vars(args).items():
         if name not in saved or name == "resume" or value == saved[name]:

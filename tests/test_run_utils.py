@@ -6,6 +6,7 @@ import copy
 import errno
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -483,6 +484,28 @@ def test_load_checkpoint_says_what_is_wrong():
         run_utils.load_checkpoint("tensor.pt", "bro_mt", keys)
 
     assert run_utils.load_checkpoint("full.pt", "bro_mt", keys)["global_step"] == 3
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_warning(capsys):
+    torch.save({"global_step": 3}, "old.pt")  # as checkpoints written before checksums
+    assert run_utils.load_checkpoint("old.pt", "bro_mt", {"global_step"})["global_step"] == 3
+    assert (
+        capsys.readouterr().out
+        == "warning: --resume old.pt has no checksum (it was written before checkpoints had one): not verified\n"
+    )
+    run_utils.save_checkpoint("new.pt", {"global_step": 3})
+    run_utils.load_checkpoint("new.pt", "bro_mt", {"global_step"})
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("step", [-1, 2.5, True, "60", None])
+def test_resume_refuses_a_checkpoint_without_args_or_with_a_bad_step(step):
+    run_utils.save_checkpoint("no_args.pt", {"global_step": 60, "config": {}})
+    with pytest.raises(SystemExit, match=r"no_args\.pt: the checkpoint holds no 'args', the flags of its run"):
+        run_utils.load_for_resume(Args(resume="no_args.pt"), "bro_test", {"global_step"})
+    run_utils.save_checkpoint("bad_step.pt", {"global_step": step, "args": asdict(Args())})
+    with pytest.raises(SystemExit, match=f"bad_step\\.pt: its global_step {re.escape(repr(step))} is not a step count"):
+        run_utils.load_for_resume(Args(resume="bad_step.pt"), "bro_test", {"global_step"})
 
 
 def test_check_config_refuses_another_runs_checkpoint():
