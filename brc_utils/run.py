@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -744,10 +745,27 @@ def as_flag(name: str, value) -> str:
     return f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
 
 
+def flags_on_command_line(args, script: str) -> set:
+    """The fields of `args` named on the command line of this process (tyro's spellings: --flag-name, --flag_name,
+    --flag=value, --no-flag), when it runs `script`.py; none when main() is called from Python (tests, notebooks),
+    where sys.argv is another program's."""
+    if os.path.basename(sys.argv[0]) != f"{script}.py":
+        return set()
+    fields, given = {field.name for field in dataclasses.fields(args)}, set()
+    for word in sys.argv[1:]:
+        name = word[2:].split("=", 1)[0].replace("-", "_") if word.startswith("--") else ""
+        name = name[3:] if name not in fields and name.startswith("no_") else name
+        if name in fields:
+            given.add(name)
+    return given
+
+
 def load_for_resume(args, script: str, keys: set):
-    """--resume PATH: load the checkpoint before anything heavy and continue with the run's own flags. A flag left
-    at its default takes the checkpoint's value; a flag given with another value than the checkpoint's is refused,
-    unless it is one of RESUMABLE_CHANGES. Returns (the flags to run with, the checkpoint)."""
+    """--resume PATH: load the checkpoint before anything heavy and continue with the run's own flags. A flag that
+    was not given (not on the command line, and at its default) takes the checkpoint's value; a flag given with
+    another value than the checkpoint's, even its default (`--gamma 0.99` on a run trained with 0.9), is refused
+    unless it is one of RESUMABLE_CHANGES, which then take the given value. Returns (the flags to run with, the
+    checkpoint)."""
     ckpt = load_checkpoint(args.resume, script, keys)
     defaults, saved, step = type(args)(), ckpt.get("args"), ckpt.get("global_step")
     if not isinstance(saved, dict):
@@ -759,11 +777,11 @@ def load_for_resume(args, script: str, keys: set):
         raise SystemExit(
             f"--resume {ckpt['path']}: its global_step {step!r} is not a step count; use another checkpoint"
         )
-    restored, conflicts = {}, []
+    restored, conflicts, given = {}, [], flags_on_command_line(args, script)
     for name, value in vars(args).items():
         if name not in saved or name == "resume" or value == saved[name]:
             continue
-        if value == getattr(defaults, name):
+        if name not in given and value == getattr(defaults, name):
             restored[name] = saved[name]
         elif name not in RESUMABLE_CHANGES:
             conflicts.append(f"{as_flag(name, value)} (the checkpoint's run used {as_flag(name, saved[name])})")

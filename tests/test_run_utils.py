@@ -508,6 +508,29 @@ def test_resume_refuses_a_checkpoint_without_args_or_with_a_bad_step(step):
         run_utils.load_for_resume(Args(resume="bad_step.pt"), "bro_test", {"global_step"})
 
 
+def test_a_flag_given_at_its_default_is_not_overridden_by_the_checkpoint(monkeypatch, capsys):
+    """`--gamma 0.99 --resume` of a gamma-0.9 run: 0.99 is the default, but it was given, so the resume is refused
+    rather than silently training with 0.9. A given flag that a resume may change (--log-interval) keeps its value."""
+    saved = asdict(Args(gamma=0.9, log_interval=50, critic_width=64))
+    run_utils.save_checkpoint("c.pt", {"global_step": 60, "args": saved})
+
+    def resume(*command_line, program="/home/me/brc/bro_test.py"):
+        monkeypatch.setattr(sys, "argv", [program, *command_line, "--resume", "c.pt"])
+        return run_utils.load_for_resume(Args(resume="c.pt"), "bro_test", {"global_step"})[0]
+
+    for spelling in (["--gamma", "0.99"], ["--gamma=0.99"], ["--gamma", "0.99", "--no-track"]):
+        with pytest.raises(SystemExit, match=r"--gamma 0\.99 \(the checkpoint's run used --gamma 0\.9\)"):
+            resume(*spelling)
+    args = resume("--log_interval", "100", "--no-track")
+    assert (args.log_interval, args.gamma, args.critic_width) == (100, 0.9, 64)  # given; restored; restored
+    args = resume("--gamma", "0.99", program="pytest")  # main() called from Python: sys.argv is not the script's
+    assert (args.log_interval, args.gamma) == (50, 0.9)
+    assert capsys.readouterr().out.splitlines() == [
+        "flags from the checkpoint: --gamma 0.9 --critic-width 64",  # --log-interval 100 was given
+        "flags from the checkpoint: --log-interval 50 --gamma 0.9 --critic-width 64",
+    ]
+
+
 def test_check_config_refuses_another_runs_checkpoint():
     saved = {"env_ids": ["a", "b"], "critic_width": 32}
     run_utils.check_config("c.pt", saved, dict(saved))
