@@ -823,6 +823,13 @@ def restore_state(ckpt: dict, stateful: dict, rng, device, envs=None):
     if envs is not None:
         envs.set_attr("state", ckpt["envs"])
     print(f"resumed {ckpt['run_name']} at step {ckpt['global_step']:,}")
+    saved_threads, threads = ckpt.get("torch_threads"), torch.get_num_threads()
+    if device.type == "cpu" and saved_threads is not None and saved_threads != threads:
+        print(
+            f"warning: the checkpoint's run used {saved_threads} CPU thread{'s' if saved_threads > 1 else ''} and this "
+            f"one uses {threads}: CPU sums come out bit-identical only with the same count, so this run will not be "
+            f"bit-exact to one that never stopped (--threads {saved_threads} makes it so)"
+        )
 
 
 # ---- Fast paths (opt-in; each script's eager `update` is the reference) ----

@@ -596,6 +596,27 @@ def test_checkpoint_state_and_restore_state_continue_exactly():
         assert fresh_rng.random() == next_numpy
 
 
+def test_a_resume_with_another_thread_count_warns_that_it_is_not_bit_exact(capsys):
+    before = torch.get_num_threads()
+    model, rng = nn.Linear(2, 1), np.random.default_rng(0)
+    run = types.SimpleNamespace(name="r", args=Args())
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_num_threads(2)
+            ckpt = run_utils.checkpoint_state(run, {}, 5, {"model": model}, rng, CPU)
+            run_utils.restore_state(ckpt, {"model": model}, rng, CPU)
+            assert "warning" not in capsys.readouterr().out  # the same count: bit-exact
+            torch.set_num_threads(1)
+            run_utils.restore_state(ckpt, {"model": model}, rng, CPU)
+            out = capsys.readouterr().out
+            assert "warning: the checkpoint's run used 2 CPU threads and this one uses 1" in out, out
+            assert "not be bit-exact" in out and "(--threads 2 makes it so)" in out
+            run_utils.restore_state(ckpt, {"model": model}, rng, torch.device("cuda"))  # the update is not on a CPU
+            assert "warning" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- Where the replay buffer lives ----
 SMALLER = "--model-size or --batch-size"
 REPLAY = "(2 tasks x 1,000 transitions)"
