@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import glob
 import hashlib
 import math
 import os
@@ -677,7 +678,10 @@ def check_checkpoint_space(run_dir: str, checkpoint_bytes: int) -> bool:
 
 def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -> dict:
     """Load a checkpoint of `script` (it must hold `keys`, and match its checksum), or stop with a message that says
-    what is wrong with it. A folder means the run's latest checkpoint, its checkpoint.pt."""
+    what is wrong with it. A folder means the run's latest checkpoint, its checkpoint.pt, or, where that is gone,
+    the newest of its checkpoint_step*.pt files that loads."""
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "checkpoint.pt")):
+        return newest_step_checkpoint(path, script, keys, flag)
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     try:
@@ -702,6 +706,24 @@ def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -
         )
     ckpt["path"] = path
     return ckpt
+
+
+def newest_step_checkpoint(folder: str, script: str, keys: set, flag: str) -> dict:
+    """A run folder without checkpoint.pt (deleted, or lost with a copy that does not keep hard links): load the
+    checkpoint_step*.pt written last that loads and matches its checksum, and say which one it took and why."""
+    candidates = sorted(glob.glob(os.path.join(glob.escape(folder), "checkpoint_step*.pt")), key=os.path.getmtime)
+    refused = []
+    for path in reversed(candidates):
+        try:
+            ckpt = load_checkpoint(path, script, keys, flag)
+        except SystemExit as error:
+            refused.append(f"{os.path.basename(path)} ({error})")
+            continue
+        skipped = f"; newer but refused: {'; '.join(refused)}" if refused else ""
+        print(f"{flag} {folder}: it has no checkpoint.pt; continuing from its newest checkpoint, {path}{skipped}")
+        return ckpt
+    found = f": {'; '.join(refused)}" if refused else ""
+    raise SystemExit(f"{flag} {folder}: no checkpoint.pt and no usable checkpoint_step*.pt in this folder{found}")
 
 
 def check_config(path: str, saved: dict, config: dict, flag: str = "--resume"):

@@ -531,6 +531,24 @@ def test_a_flag_given_at_its_default_is_not_overridden_by_the_checkpoint(monkeyp
     ]
 
 
+def test_resume_of_a_folder_without_checkpoint_pt_takes_its_newest_valid_step_file(capsys):
+    folder = os.path.join("runs", "r")
+    for age, step in [(3, 120), (2, 60), (1, 180)]:  # step 60 was written after 120: a resume from an older one
+        path = os.path.join(folder, f"checkpoint_step{step}.pt")
+        run_utils.save_checkpoint(path, {"global_step": step})
+        os.utime(path, (1000 - age, 1000 - age))
+    with open(os.path.join(folder, "checkpoint_step180.pt"), "wb") as f:
+        f.write(b"half a checkp")  # the newest, damaged
+    assert run_utils.load_checkpoint(folder, "bro_mt", {"global_step"})["global_step"] == 60
+    out = capsys.readouterr().out
+    assert out.startswith(f"--resume {folder}: it has no checkpoint.pt; continuing from its newest checkpoint, "), out
+    assert "checkpoint_step60.pt; newer but refused: checkpoint_step180.pt (" in out and "truncated or corrupt" in out
+
+    os.makedirs("empty")
+    with pytest.raises(SystemExit, match="--resume empty: no checkpoint.pt and no usable checkpoint_step"):
+        run_utils.load_checkpoint("empty", "bro_mt", {"global_step"})
+
+
 def test_check_config_refuses_another_runs_checkpoint():
     saved = {"env_ids": ["a", "b"], "critic_width": 32}
     run_utils.check_config("c.pt", saved, dict(saved))
