@@ -525,9 +525,7 @@ class Run:
         path = self._path_to_write(f"checkpoint_step{step}")
         try:
             save_checkpoint(path, checkpoint())
-            link = f"{self.checkpoint_path}.{os.getpid()}.link"
-            os.link(path, link)
-            os.replace(link, self.checkpoint_path)  # atomic: checkpoint.pt is always a whole checkpoint
+            self._point_latest_at(path)
         except (CheckpointError, OSError) as error:
             last = self.checkpoint_path if os.path.exists(self.checkpoint_path) else "none"
             message = f"checkpoint at step {step:,} NOT saved: {error}. The last good checkpoint: {last}"
@@ -544,6 +542,21 @@ class Run:
             f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB, {time.time() - start:.1f} s)"
         )
         return True
+
+    def _point_latest_at(self, path: str):
+        """Make checkpoint.pt the checkpoint at `path`: a hard link (no second copy on the disk), or a copy where the
+        filesystem has no hard links (some network and FUSE mounts). Either is made under a temporary name and
+        renamed over checkpoint.pt, so that checkpoint.pt is always a whole checkpoint."""
+        tmp = f"{self.checkpoint_path}.{os.getpid()}.link"
+        try:
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, self.checkpoint_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def finish(self, step: int, checkpoint: Callable[[], dict]) -> str:
         """Save the final (or the stopped run's) checkpoint and say how to continue."""

@@ -258,6 +258,21 @@ def test_save_says_where_and_how_big(signals, capsys):
     assert out.startswith(f"checkpoint saved at step 300: {run.checkpoint_path} (1.0 MiB, "), out
 
 
+def test_checkpoint_pt_is_a_copy_where_the_filesystem_has_no_hard_links(signals, monkeypatch):
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(run_utils.os, "link", no_hard_links)
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        assert run.save(100, lambda: {"global_step": 100})
+        assert run.save(200, lambda: {"global_step": 200})
+    assert sorted(f for f in os.listdir(run.dir) if "tfevents" not in f) == [
+        "checkpoint.pt", "checkpoint_step200.pt", "run.lock"
+    ]  # fmt: skip
+    assert run_utils.load_checkpoint(run.checkpoint_path, "test", {"global_step"})["global_step"] == 200
+
+
 def test_a_resume_never_replaces_a_step_file_it_did_not_write(signals):
     """Run to 120 (saving 60 and 120), then continue from step 60 again: the second branch's step-120 checkpoint
     goes beside the first one's (checkpoint_step120+.pt), and checkpoint.pt points at the latest save."""
