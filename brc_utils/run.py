@@ -338,6 +338,30 @@ def lock_run_dir(run_dir: str):
     return lock
 
 
+def remove_stale_temporaries(run_dir: str):
+    """Remove the partial files that a process killed during a save left in the run folder (SIGKILL, a power cut):
+    save_checkpoint's {file}.{pid}.{thread}.tmp and Run.save's checkpoint.pt.{pid}.link, of processes that are gone.
+    Nothing else would ever remove them, and each can be as large as a checkpoint."""
+    removed = []
+    for name in os.listdir(run_dir):
+        match = re.search(r"\.(\d+)\.\d+\.tmp$|\.(\d+)\.link$", name)
+        if match and not process_alive(int(match.group(1) or match.group(2))):
+            os.remove(os.path.join(run_dir, name))
+            removed.append(name)
+    if removed:
+        print(f"removed {len(removed)} partial file(s) that a stopped process left in {run_dir}: {', '.join(removed)}")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
 class Run:
     """One training run's plumbing: its folder under runs/, the TensorBoard (and --track: wandb) writer, the progress
     line, interval means of the update's metrics, the NaN guard, checkpoints and Ctrl-C / SIGTERM / SIGHUP.
@@ -359,6 +383,7 @@ class Run:
         self.dir = os.path.join("runs", self.name)
         self.checkpoint_path = os.path.join(self.dir, "checkpoint.pt")
         self.lock = lock_run_dir(self.dir)  # held till exit: one process at a time continues a run folder
+        remove_stale_temporaries(self.dir)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(self.dir, purge_step=resume["global_step"] if resume else None)
@@ -380,6 +405,7 @@ class Run:
         self.last_save = time.time()
         self.learning_since = None  # (step, time) where the updates started, for the ETA
         self.saved = set()  # the checkpoint_step{N}.pt file this process wrote last (it removes its older ones)
+        self.saved_step = None  # the step of that checkpoint
         self.resources = []  # closed on exit
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         self.previous_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
@@ -536,7 +562,7 @@ class Run:
         for old in self.saved - {path}:
             if os.path.exists(old):
                 os.remove(old)
-        self.saved = {path}
+        self.saved, self.saved_step = {path}, step
         size = os.path.getsize(path) / 2**20
         print(
             f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB, {time.time() - start:.1f} s)"
@@ -559,8 +585,10 @@ class Run:
                 os.remove(tmp)
 
     def finish(self, step: int, checkpoint: Callable[[], dict]) -> str:
-        """Save the final (or the stopped run's) checkpoint and say how to continue."""
-        self.save(step, checkpoint, final=True)
+        """Save the final (or the stopped run's) checkpoint, unless a periodic save at this very step holds it
+        already, and say how to continue."""
+        if step != self.saved_step:
+            self.save(step, checkpoint, final=True)
         if self.stop_requested:
             print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
         else:

@@ -273,6 +273,32 @@ def test_checkpoint_pt_is_a_copy_where_the_filesystem_has_no_hard_links(signals,
     assert run_utils.load_checkpoint(run.checkpoint_path, "test", {"global_step"})["global_step"] == 200
 
 
+def test_the_final_save_is_skipped_when_a_periodic_save_holds_that_step(signals, capsys):
+    states = []
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        run.save(300, lambda: states.append(300) or {"global_step": 300})
+        path = run.finish(300, lambda: states.append("final") or {"global_step": 300})
+    assert states == [300] and capsys.readouterr().out.count("checkpoint saved at step 300") == 1
+    assert path == run.checkpoint_path and torch.load(path, weights_only=True)["global_step"] == 300
+
+
+def test_partial_files_of_killed_processes_are_removed_at_start_up(signals, capsys):
+    """SIGKILL during a save leaves its temporary file; the next run in the folder removes those of dead processes."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    folder = os.path.join("runs", "r")
+    os.makedirs(folder)
+    stale = [f"checkpoint_step60.pt.{dead.pid}.140.tmp", f"checkpoint.pt.{dead.pid}.link"]
+    alive = [f"checkpoint_step60.pt.{os.getppid()}.140.tmp", "notes.tmp", "checkpoint_step60.pt"]
+    for name in stale + alive:
+        open(os.path.join(folder, name), "wb").close()
+    with run_utils.Run("bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "r", "global_step": 60}):
+        pass
+    assert sorted(f for f in os.listdir(folder) if "tfevents" not in f) == sorted(alive + ["run.lock"])
+    assert "removed 2 partial file(s) that a stopped process left in runs/r" in capsys.readouterr().out
+
+
 def test_a_resume_never_replaces_a_step_file_it_did_not_write(signals):
     """Run to 120 (saving 60 and 120), then continue from step 60 again: the second branch's step-120 checkpoint
     goes beside the first one's (checkpoint_step120+.pt), and checkpoint.pt points at the latest save."""
