@@ -179,6 +179,12 @@ def set_threads(device: torch.device, threads: Optional[int], gflop_per_update: 
         return
     if threads is None and gflop_per_update < SMALL_UPDATE_GFLOP and "OMP_NUM_THREADS" not in os.environ:
         threads = 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if threads and cores and threads > cores:
+        print(
+            f"note: --threads {threads} on {cores} CPU core{'s' if cores > 1 else ''}: threads beyond the cores take "
+            f"turns on them, which is usually slower than --threads {cores}"
+        )
     if threads:
         torch.set_num_threads(threads)
 

@@ -794,3 +794,20 @@ def test_set_threads_one_for_small_updates_else_the_flag_or_torchs_default(monke
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_more_threads_than_cores_gets_a_note(monkeypatch, capsys):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(run_utils.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    try:
+        run_utils.set_threads(torch.device("cpu"), 2, 10.0)
+        assert capsys.readouterr().out == ""
+        run_utils.set_threads(torch.device("cpu"), 3, 10.0)
+        assert capsys.readouterr().out == (
+            "note: --threads 3 on 2 CPU cores: threads beyond the cores take turns on them, which is usually slower "
+            "than --threads 2\n"
+        )
+        run_utils.set_threads(torch.device("cuda"), 3, 10.0)  # the update is not on a CPU
+        assert capsys.readouterr().out == ""
+    finally:
+        torch.set_num_threads(before)
