@@ -376,10 +376,20 @@ class Run:
     during set-up stops the run at once (nothing was trained; a new run's empty folder is removed); during training it
     asks the loop to stop and save at the end of the current step. On exit the signal handlers are restored and the
     writers closed. `metric_names` name the entries of the metrics tensor that each update returns (TensorBoard tags
-    such as "losses/critic_loss").
+    such as "losses/critic_loss"). `checkpoint_bytes`, the estimated size of one checkpoint, gets the run folder's
+    free space checked at once (check_checkpoint_space).
     """
 
-    def __init__(self, script: str, args, label: str, metric_names: list, device, resume: Optional[dict] = None):
+    def __init__(
+        self,
+        script: str,
+        args,
+        label: str,
+        metric_names: list,
+        device,
+        resume: Optional[dict] = None,
+        checkpoint_bytes: Optional[int] = None,
+    ):
         self.script, self.args, self.metric_names, self.total_steps = script, args, metric_names, args.total_timesteps
         self.resumed = resume is not None
         if resume is None:
@@ -390,6 +400,8 @@ class Run:
         self.checkpoint_path = os.path.join(self.dir, "checkpoint.pt")
         self.lock = lock_run_dir(self.dir)  # held till exit: one process at a time continues a run folder
         remove_stale_temporaries(self.dir)
+        if checkpoint_bytes is not None:
+            check_checkpoint_space(self.dir, checkpoint_bytes)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(self.dir, purge_step=resume["global_step"] if resume else None)

@@ -267,9 +267,8 @@ def test_checkpoint_pt_is_a_copy_where_the_filesystem_has_no_hard_links(signals,
         run.start()
         assert run.save(100, lambda: {"global_step": 100})
         assert run.save(200, lambda: {"global_step": 200})
-    assert sorted(f for f in os.listdir(run.dir) if "tfevents" not in f) == [
-        "checkpoint.pt", "checkpoint_step200.pt", "run.lock"
-    ]  # fmt: skip
+    kept = ["checkpoint.pt", "checkpoint_step200.pt", "run.lock"]  # no partial copy left
+    assert sorted(f for f in os.listdir(run.dir) if "tfevents" not in f) == kept
     assert run_utils.load_checkpoint(run.checkpoint_path, "test", {"global_step"})["global_step"] == 200
 
 
@@ -319,9 +318,8 @@ def test_a_resume_never_replaces_a_step_file_it_did_not_write(signals):
             second.add_metrics(torch.tensor([math.nan]))
             second.check_finite(150, lambda: {"branch": 2})
     assert torch.load(os.path.join(folder, "checkpoint_step120.pt"), weights_only=True)["branch"] == 1
-    assert sorted(f for f in os.listdir(folder) if f.endswith(".pt")) == [
-        "checkpoint.pt", "checkpoint_step120.pt", "checkpoint_step150.pt", "nan_step150.pt"
-    ]  # fmt: skip
+    kept = ["checkpoint.pt", "checkpoint_step120.pt", "checkpoint_step150.pt", "nan_step150.pt"]
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".pt")) == kept
     assert torch.load(first.checkpoint_path, weights_only=True)["global_step"] == 150
 
     with run_utils.Run(
@@ -353,11 +351,11 @@ def test_a_second_process_cannot_continue_a_run_folder_in_use(signals):
 def test_the_lock_of_a_killed_run_does_not_block_a_resume(signals):
     """SIGKILL (or a crash) leaves run.lock behind, but the kernel dropped the flock with the process."""
     os.makedirs(os.path.join("runs", "killed"))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open('runs/killed/run.lock', 'a+'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); f.write('12345'); f.flush(); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    hold = (
+        "import fcntl, time; f = open('runs/killed/run.lock', 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write('12345'); f.flush(); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(SystemExit, match="process 12345 is training it"):
@@ -430,7 +428,7 @@ def test_save_checkpoint_checks_free_space_first(monkeypatch):
     assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"] and torch.load(path)["step"] == 1
 
 
-def test_check_checkpoint_space_warns_at_start_up_when_checkpoints_will_not_fit(monkeypatch, capsys):
+def test_check_checkpoint_space_warns_at_start_up_when_checkpoints_will_not_fit(monkeypatch, signals, capsys):
     free = {"bytes": 2**30}
     monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda folder: types.SimpleNamespace(free=free["bytes"]))
     assert run_utils.check_checkpoint_space(".", 100 * 2**20)  # two of ~106 MiB fit in 1 GiB
@@ -443,6 +441,8 @@ def test_check_checkpoint_space_warns_at_start_up_when_checkpoints_will_not_fit(
     free["bytes"] = 50 * 2**20
     assert not run_utils.check_checkpoint_space(".", 100 * 2**20)
     assert "no checkpoint will fit: every save, the final one included, will fail" in capsys.readouterr().out
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU, checkpoint_bytes=100 * 2**20) as run:
+        assert f"is free in {run.dir}: no checkpoint will fit" in capsys.readouterr().out  # at start-up
 
 
 def test_two_savers_of_one_path_at_once_do_not_collide():
