@@ -5,12 +5,13 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
   Flags, device and memory . valid ranges of the flags, torch set-up, free memory, where the replay buffer lives,
                              a warning when a CPU will crawl, rendering checks and videos
   Vector envs .............. one env per task, stepped in this process or in worker processes (--async-envs)
-  The run .................. `Run`: run folder and name, TensorBoard / wandb, the progress line (steps/s, ETA),
-                             interval means of the update's metrics, the NaN guard, guarded env steps, Ctrl-C /
-                             SIGTERM / SIGHUP, periodic and final checkpoints
+  The run .................. `Run`: run folder and name, its lock (one process at a time), TensorBoard / wandb,
+                             the progress line (steps/s, ETA), interval means of the update's metrics, the NaN
+                             guard, guarded env steps, Ctrl-C / SIGTERM / SIGHUP (a repeat within a second is the
+                             same request), periodic and final checkpoints that never replace another's files
   Checkpoints .............. atomic saves with a checksum and a free-space check, loads with clear errors, --resume
-                             with the run's own flags, config checks, RNG capture and restore, a MuJoCo
-                             simulation's full state
+                             with the run's own flags (and those given on the command line), config checks, RNG
+                             capture and restore, a MuJoCo simulation's full state
   Fast paths ............... --compile (torch.compile) and --cudagraphs (record once, replay) around an update
 """
 
@@ -374,8 +375,8 @@ class Run:
 
     Use as a context manager around the set-up and the training loop, and call start() when the loop starts. A signal
     during set-up stops the run at once (nothing was trained; a new run's empty folder is removed); during training it
-    asks the loop to stop and save at the end of the current step. On exit the signal handlers are restored and the
-    writers closed. `metric_names` name the entries of the metrics tensor that each update returns (TensorBoard tags
+    asks the loop to stop and save at the end of the current step. The run folder is locked from start to exit
+    (lock_run_dir). On exit the signal handlers are restored, the writers closed and the lock released. `metric_names` name the entries of the metrics tensor that each update returns (TensorBoard tags
     such as "losses/critic_loss"). `checkpoint_bytes`, the estimated size of one checkpoint, gets the run folder's
     free space checked at once (check_checkpoint_space).
     """
@@ -562,9 +563,8 @@ class Run:
         """Save checkpoint_step{N}.pt (atomically, with a checksum), point checkpoint.pt at it (a hard link: no copy)
         and say so in one line. Checkpoints that were there before this process, such as the one a resumed run
         started from, are never overwritten or removed (a step file of the same name goes beside it, with a '+');
-        of its own, the process keeps only the latest. A failed save
-        (a full disk, say) leaves the last good checkpoint as it was: a warning while the run goes on, an error at
-        the end."""
+        of its own, the process keeps only the latest. A failed save (a full disk, say) leaves the last good
+        checkpoint as it was: a warning while the run goes on, an error at the end."""
         start, self.last_save = time.time(), time.time()
         path = self._path_to_write(f"checkpoint_step{step}")
         try:
