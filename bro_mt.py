@@ -737,12 +737,12 @@ def main(args: Args):
     if args.init_from:  # the new tasks are padded to the pretrained networks' sizes
         pretrained, obs_dim, action_dim = load_pretrained(args.init_from, config)
         config |= {"obs_dim": obs_dim, "action_dim": action_dim}
-    device, buffer_device = set_up_device(args, ckpt, config, eval_envs, batch_size)
+    device, buffer_device, checkpoint_bytes = set_up_device(args, ckpt, config, eval_envs, batch_size)
     action_masks, target_entropy = action_masks_and_target_entropy(action_sizes, action_dim, device)
     rng = np.random.default_rng(args.seed)  # random actions before learning starts
 
     label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
-    with run_utils.Run("bro_mt.py", args, label, METRICS, device, resume=ckpt) as run:
+    with run_utils.Run("bro_mt.py", args, label, METRICS, device, ckpt, checkpoint_bytes) as run:
         pad_to = (obs_dim, action_dim)
         envs = make_task_envs(env_ids, args.seed, args.max_episode_steps, pad_to, args.metaworld_goals, args.async_envs)
         run.close_on_exit(envs, *eval_envs)
@@ -894,7 +894,7 @@ def run_config(args: Args, env_ids, width, conditioning, obs_dim, action_dim) ->
 def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) -> tuple:
     """Seed torch and pick the device; check a resumed checkpoint against `config`; print the tasks and model sizes;
     set the thread count; refuse up front what cannot fit in memory and warn about what will crawl. Returns the
-    training device and the replay buffer's."""
+    training device, the replay buffer's, and the size of a checkpoint (the run checks the disk for it)."""
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
@@ -925,7 +925,9 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --critic-width 128 --batch-size 128")
     if args.capture_video:
         run_utils.check_rendering(eval_envs[0].render)
-    return device, buffer_device
+    # critic, target and 2 Adam moments; actor and 2 moments; with --save-buffer the replay buffer
+    checkpoint_bytes = 4 * (4 * counts["critic_ensemble"] + 3 * counts["actor"]) + args.save_buffer * buffer_bytes
+    return device, buffer_device, checkpoint_bytes
 
 
 if __name__ == "__main__":

@@ -5,23 +5,28 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
   Flags, device and memory . valid ranges of the flags, torch set-up, free memory, where the replay buffer lives,
                              a warning when a CPU will crawl, rendering checks and videos
   Vector envs .............. one env per task, stepped in this process or in worker processes (--async-envs)
-  The run .................. `Run`: run folder and name, TensorBoard / wandb, the progress line (steps/s, ETA),
-                             interval means of the update's metrics, the NaN guard, guarded env steps, Ctrl-C /
-                             SIGTERM / SIGHUP, periodic and final checkpoints
+  The run .................. `Run`: run folder and name, its lock (one process at a time), TensorBoard / wandb,
+                             the progress line (steps/s, ETA), interval means of the update's metrics, the NaN
+                             guard, guarded env steps, Ctrl-C / SIGTERM / SIGHUP (a repeat within a second is the
+                             same request), periodic and final checkpoints that never replace another's files
   Checkpoints .............. atomic saves with a checksum and a free-space check, loads with clear errors, --resume
-                             with the run's own flags, config checks, RNG capture and restore, a MuJoCo
-                             simulation's full state
+                             with the run's own flags (and those given on the command line), config checks, RNG
+                             capture and restore, a MuJoCo simulation's full state
   Fast paths ............... --compile (torch.compile) and --cudagraphs (record once, replay) around an update
 """
 
 import contextlib
 import dataclasses
 import errno
+import fcntl
+import glob
 import hashlib
 import math
 import os
+import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -35,14 +40,18 @@ import torch
 # ---- Flags, device and memory ----
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """The valid values of a numeric flag: finite numbers from `low` to `high`, each end included unless open."""
+    """The valid values of a numeric flag: finite numbers from `low` to `high`, each end included unless open, and
+    infinity too where `inf_ok` (e.g. --save-minutes inf: never)."""
 
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    inf_ok: bool = False
 
     def __contains__(self, value) -> bool:
+        if self.inf_ok and value == math.inf:
+            return True
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
         return math.isfinite(value) and above and below
@@ -50,7 +59,8 @@ class Range:
     def __str__(self) -> str:
         low, high = (f"{int(x)}" if float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
         if self.high == math.inf:
-            return f"{'above' if self.low_open else 'at least'} {low}" if self.low > -math.inf else "a finite number"
+            text = f"{'above' if self.low_open else 'at least'} {low}" if self.low > -math.inf else "a finite number"
+            return text + (" (or inf)" if self.inf_ok else "")
         return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
     def just_outside(self) -> list:
@@ -87,7 +97,7 @@ class RunArgs:
     save_every: int = 0
     """save a checkpoint every N environment steps (0: no; it is saved at the end, on Ctrl-C/SIGTERM/SIGHUP anyway)"""
     save_minutes: float = 30.0
-    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0: never)"""
+    """also save a checkpoint every N minutes of wall time, so a crash loses at most that much (0 or inf: never)"""
     save_buffer: bool = False
     """checkpoints also hold the replay buffer, so that a resumed run continues exactly"""
     resume: Optional[str] = None
@@ -106,17 +116,35 @@ class RunArgs:
     """CPU threads for torch (None: automatic, 1 for small updates, else one per core or OMP_NUM_THREADS)"""
 
 
-RUN_FLAG_RANGES = {  # checked by check_flags together with each script's FLAG_RANGES
-    "seed": Range(0, 2**32 - 1), "save_every": Range(0), "save_minutes": Range(0), "log_interval": Range(1),
-    "threads": Range(1),
+# Checked by check_flags together with each script's FLAG_RANGES. Seeds stop at 2**31 - 1, although NumPy and MuJoCo
+# take any seed below 2**32: the scripts seed each env with seed + 10_000 + task and each evaluation with
+# seed + step + 1000 * task, and those must stay below 2**32 too.
+RUN_FLAG_RANGES = {
+    "seed": Range(0, 2**31 - 1), "save_every": Range(0), "save_minutes": Range(0, inf_ok=True),
+    "log_interval": Range(1), "threads": Range(1),
 }  # fmt: skip
+EXP_NAME = re.compile(r"[A-Za-z0-9._+-]{1,100}")  # --exp-name: part of a folder name, never a path
+
+
+def run_flag_problems(args) -> list:
+    """What is wrong with the run flags that are not numbers: an empty --resume (it would silently start a new run)
+    and an --exp-name that is not a plain folder name (`a/b` or `../../x` would put the run elsewhere)."""
+    problems = []
+    if args.resume is not None and not args.resume.strip():
+        problems.append(f"--resume {args.resume!r}: an empty path; give a checkpoint or a run folder (runs/NAME)")
+    if not EXP_NAME.fullmatch(args.exp_name):
+        problems.append(
+            f"--exp-name {args.exp_name!r}: use letters, digits and . _ - + only, at most 100 characters (it names "
+            "the run folder)"
+        )
+    return problems
 
 
 def check_flags(args, ranges: dict, problems: Optional[list] = None):
     """Refuse, before anything heavy, every flag outside its Range (`ranges`, then RUN_FLAG_RANGES; None means "the
-    default" and passes) and every
-    problem the caller found between flags: one line each, naming the flag, its value and what is valid."""
-    problems = list(problems or [])
+    default" and passes), every problem the caller found between flags and those of run_flag_problems: one line
+    each, naming the flag, its value and what is valid."""
+    problems = list(problems or []) + run_flag_problems(args)
     for name, valid in (ranges | RUN_FLAG_RANGES).items():
         value = getattr(args, name)
         if value is not None and value not in valid:
@@ -152,6 +180,12 @@ def set_threads(device: torch.device, threads: Optional[int], gflop_per_update: 
         return
     if threads is None and gflop_per_update < SMALL_UPDATE_GFLOP and "OMP_NUM_THREADS" not in os.environ:
         threads = 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if threads and cores and threads > cores:
+        print(
+            f"note: --threads {threads} on {cores} CPU core{'s' if cores > 1 else ''}: threads beyond the cores take "
+            f"turns on them, which is usually slower than --threads {cores}"
+        )
     if threads:
         torch.set_num_threads(threads)
 
@@ -272,18 +306,92 @@ def new_run_dir(name: str) -> str:
         ) from None
 
 
+SIGNAL_GRACE = 1.0  # seconds: a repeated signal within them is the first one delivered twice (see Run._on_signal)
+
+
+def lock_run_dir(run_dir: str):
+    """Lock runs/{name} for this process (its file run.lock) and return the open lock file; closing it unlocks.
+
+    Two processes resuming one run folder at once would remove each other's checkpoints and mix their logs, so the
+    second is refused, naming the first. The lock is an flock: the kernel drops it when its process ends in any way,
+    a crash or SIGKILL included, so a lock file left behind never blocks a later resume. A folder this process cannot
+    write to (a read-only copy, say) is refused here too, with what to do, before anything else is written."""
+    path = os.path.join(run_dir, "run.lock")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = open(path, "a+")
+    except OSError as error:
+        raise SystemExit(
+            f"cannot write to the run folder {run_dir} ({error.strerror}); make it writable, or start from another "
+            f"folder: a resumed run writes its logs and checkpoints to runs/{os.path.basename(run_dir)} under the "
+            "current folder"
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise SystemExit(
+            f"{run_dir} is in use: process {holder} is training it, and two processes cannot continue one run folder "
+            f"at once. Wait for it to end (Ctrl-C or SIGTERM to it saves a checkpoint and stops it), then resume; or, "
+            f"to continue a second copy beside it, resume from another folder (it writes its own runs/"
+            f"{os.path.basename(run_dir)} there)"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def remove_stale_temporaries(run_dir: str):
+    """Remove the partial files that a process killed during a save left in the run folder (SIGKILL, a power cut):
+    save_checkpoint's {file}.{pid}.{thread}.tmp and Run.save's checkpoint.pt.{pid}.link, of processes that are gone.
+    Nothing else would ever remove them, and each can be as large as a checkpoint."""
+    removed = []
+    for name in os.listdir(run_dir):
+        match = re.search(r"\.(\d+)\.\d+\.tmp$|\.(\d+)\.link$", name)
+        if match and not process_alive(int(match.group(1) or match.group(2))):
+            os.remove(os.path.join(run_dir, name))
+            removed.append(name)
+    if removed:
+        print(f"removed {len(removed)} partial file(s) that a stopped process left in {run_dir}: {', '.join(removed)}")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
 class Run:
     """One training run's plumbing: its folder under runs/, the TensorBoard (and --track: wandb) writer, the progress
     line, interval means of the update's metrics, the NaN guard, checkpoints and Ctrl-C / SIGTERM / SIGHUP.
 
     Use as a context manager around the set-up and the training loop, and call start() when the loop starts. A signal
     during set-up stops the run at once (nothing was trained; a new run's empty folder is removed); during training it
-    asks the loop to stop and save at the end of the current step. On exit the signal handlers are restored and the
-    writers closed. `metric_names` name the entries of the metrics tensor that each update returns (TensorBoard tags
-    such as "losses/critic_loss").
+    asks the loop to stop and save at the end of the current step. The run folder is locked from start to exit
+    (lock_run_dir). On exit the signal handlers are restored, the writers closed and the lock released.
+    `metric_names` name the entries of the metrics tensor that each update returns (TensorBoard tags such as
+    "losses/critic_loss"). `checkpoint_bytes`, the estimated size of one checkpoint, gets the run folder's free space
+    checked at once (check_checkpoint_space).
     """
 
-    def __init__(self, script: str, args, label: str, metric_names: list, device, resume: Optional[dict] = None):
+    def __init__(
+        self,
+        script: str,
+        args,
+        label: str,
+        metric_names: list,
+        device,
+        resume: Optional[dict] = None,
+        checkpoint_bytes: Optional[int] = None,
+    ):
         self.script, self.args, self.metric_names, self.total_steps = script, args, metric_names, args.total_timesteps
         self.device, self.resume_from = device, resume
         self.resumed = resume is not None
@@ -293,6 +401,10 @@ class Run:
             self.name = resume["run_name"]
         self.dir = os.path.join("runs", self.name)
         self.checkpoint_path = os.path.join(self.dir, "checkpoint.pt")
+        self.lock = lock_run_dir(self.dir)  # held till exit: one process at a time continues a run folder
+        remove_stale_temporaries(self.dir)
+        if checkpoint_bytes is not None:
+            check_checkpoint_space(self.dir, checkpoint_bytes)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(self.dir, purge_step=resume["global_step"] if resume else None)
@@ -310,23 +422,37 @@ class Run:
         self.metrics_count = 0
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
         self.started = self.stop_requested = False
+        self.signal_time = None  # when the first Ctrl-C / SIGTERM / SIGHUP came
         self.last_save = time.time()
         self.learning_since = None  # (step, time) where the updates started, for the ETA
-        self.saved = set()  # the checkpoint_step{N}.pt files this process wrote
+        self.saved = set()  # the checkpoint_step{N}.pt file this process wrote last (it removes its older ones)
+        self.saved_step = None  # the step of that checkpoint
         self.resources = []  # closed on exit
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         self.previous_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
 
     def _on_signal(self, signum, frame):
         """Ctrl-C, SIGTERM and SIGHUP ask the loop to stop at the end of the current step, where the state is
-        consistent; during set-up there is nothing to save yet, so they stop at once."""
-        name = signal.Signals(signum).name
+        consistent; during set-up there is nothing to save yet, so they stop at once.
+
+        One key press often arrives twice: under `timeout 300 python bro_mt.py` a terminal's Ctrl-C goes to both
+        processes and `timeout` forwards its copy, a millisecond after the first. So a repeat within SIGNAL_GRACE
+        seconds of the first signal is the same request; only a later one, after the notice was printed and the
+        run visibly went on, quits at once without saving (to force-quit a save that hangs)."""
+        name, now = signal.Signals(signum).name, time.time()
+        if self.signal_time is not None and now - self.signal_time < SIGNAL_GRACE:
+            return  # the same request, delivered twice
+        if self.signal_time is not None:
+            raise KeyboardInterrupt  # asked again, on purpose: quit at once, without saving
+        self.signal_time = now
         if not self.started:
             raise SystemExit(f"{name} during set-up: stopped before training, nothing to save")
-        if self.stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl-C quits at once, without saving
         self.stop_requested = True
-        print(f"{name}: stopping after this step to save a checkpoint (Ctrl-C again quits without saving)", flush=True)
+        print(
+            f"{name}: stopping after this step to save a checkpoint (Ctrl-C again, a second from now or later, quits "
+            "without saving)",
+            flush=True,
+        )
 
     def close_on_exit(self, *resources):
         """Close each of `resources` (e.g. the vector env and its worker processes) when the run exits; returns the
@@ -360,6 +486,7 @@ class Run:
             import wandb
 
             wandb.finish()
+        self.lock.close()
         if not self.started and not self.resumed:  # stopped or refused during set-up: nothing was trained
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -375,7 +502,7 @@ class Run:
     def check_finite(self, step: int, checkpoint: Callable[[], dict]):
         """Stop the run, with its state saved, once an update produced a non-finite loss (one host sync per step)."""
         if self.metrics_count and not torch.isfinite(self.metrics_sum).all():
-            path = os.path.join(self.dir, f"nan_step{step}.pt")
+            path = self._path_to_write(f"nan_step{step}")
             save_checkpoint(path, checkpoint())
             means = {name: value for name, value in zip(self.metric_names, self.metrics_sum.tolist())}
             means = {name: value / self.metrics_count for name, value in means.items()}
@@ -438,16 +565,14 @@ class Run:
     def save(self, step: int, checkpoint: Callable[[], dict], final: bool = False) -> bool:
         """Save checkpoint_step{N}.pt (atomically, with a checksum), point checkpoint.pt at it (a hard link: no copy)
         and say so in one line. Checkpoints that were there before this process, such as the one a resumed run
-        started from, are never overwritten or removed; of its own, the process keeps only the latest. A failed save
-        (a full disk, say) leaves the last good checkpoint as it was: a warning while the run goes on, an error at
-        the end."""
+        started from, are never overwritten or removed (a step file of the same name goes beside it, with a '+');
+        of its own, the process keeps only the latest. A failed save (a full disk, say) leaves the last good
+        checkpoint as it was: a warning while the run goes on, an error at the end."""
         start, self.last_save = time.time(), time.time()
-        path = os.path.join(self.dir, f"checkpoint_step{step}.pt")
+        path = self._path_to_write(f"checkpoint_step{step}")
         try:
             save_checkpoint(path, checkpoint())
-            link = f"{self.checkpoint_path}.{os.getpid()}.link"
-            os.link(path, link)
-            os.replace(link, self.checkpoint_path)  # atomic: checkpoint.pt is always a whole checkpoint
+            self._point_latest_at(path)
         except (CheckpointError, OSError) as error:
             last = self.checkpoint_path if os.path.exists(self.checkpoint_path) else "none"
             message = f"checkpoint at step {step:,} NOT saved: {error}. The last good checkpoint: {last}"
@@ -458,17 +583,33 @@ class Run:
         for old in self.saved - {path}:
             if os.path.exists(old):
                 os.remove(old)
-        self.saved = {path}
+        self.saved, self.saved_step = {path}, step
         size = os.path.getsize(path) / 2**20
         print(
             f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB, {time.time() - start:.1f} s)"
         )
         return True
 
+    def _point_latest_at(self, path: str):
+        """Make checkpoint.pt the checkpoint at `path`: a hard link (no second copy on the disk), or a copy where the
+        filesystem has no hard links (some network and FUSE mounts). Either is made under a temporary name and
+        renamed over checkpoint.pt, so that checkpoint.pt is always a whole checkpoint."""
+        tmp = f"{self.checkpoint_path}.{os.getpid()}.link"
+        try:
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, self.checkpoint_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def finish(self, step: int, checkpoint: Optional[Callable[[], dict]] = None) -> str:
-        """Save the final (or the stopped run's) checkpoint and say how to continue; returns its path. `checkpoint`
-        defaults to what restore_or_start named."""
-        self.save(step, checkpoint or self.checkpoint, final=True)
+        """Save the final (or the stopped run's) checkpoint, unless a periodic save at this very step holds it
+        already, and say how to continue; returns its path. `checkpoint` defaults to what restore_or_start named."""
+        if step != self.saved_step:
+            self.save(step, checkpoint or self.checkpoint, final=True)
         if self.stop_requested:
             print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
         else:
@@ -496,8 +637,18 @@ class Run:
             )
         return result
 
+    def _path_to_write(self, stem: str) -> str:
+        """runs/{name}/{stem}.pt, unless a file of that name is there that this process did not write: then
+        {stem}+.pt ({stem}++.pt, ...), as run folders do. A process never replaces a file it did not write; such a file
+        is there when a run resumed from an older checkpoint reaches a step that its first continuation saved."""
+        while True:
+            path = os.path.join(self.dir, f"{stem}.pt")
+            if path in self.saved or not os.path.exists(path):
+                return path
+            stem += "+"
+
     def _save_for_inspection(self, step: int, checkpoint: Callable[[], dict], kind: str) -> str:
-        path = os.path.join(self.dir, f"{kind}_step{step}.pt")
+        path = self._path_to_write(f"{kind}_step{step}")
         try:
             save_checkpoint(path, checkpoint())
             return f"state saved to {path} for inspection (the last regular checkpoint: {self.checkpoint_path})"
@@ -627,9 +778,33 @@ def save_checkpoint(path: str, state: dict):
             os.remove(tmp)
 
 
+def check_checkpoint_space(run_dir: str, checkpoint_bytes: int) -> bool:
+    """At start-up, warn when the disk of the run folder cannot hold this run's checkpoints (`checkpoint_bytes`, the
+    estimated size of one: weights, optimiser moments and, with --save-buffer, the replay buffer). Without this a full
+    disk shows only at the first save, perhaps hours in, with no earlier checkpoint to fall back on. A save writes the
+    new checkpoint before it removes the previous one, so two must fit. Returns whether they do."""
+    one = int(1.05 * checkpoint_bytes) + 2**20  # as save_checkpoint's own check
+    free = shutil.disk_usage(run_dir).free
+    if free >= 2 * one:
+        return True
+    if free < one:
+        problem = "no checkpoint will fit: every save, the final one included, will fail"
+    else:
+        problem = "one fits, but a save writes the new checkpoint before it removes the previous one: the second fails"
+    print(
+        f"warning: a checkpoint of this run takes ~{size_text(one)}, and {size_text(free)} is free in {run_dir}: "
+        f"{problem}. Free some space (or leave out --save-buffer), or start from a folder on a larger disk.",
+        flush=True,
+    )
+    return False
+
+
 def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -> dict:
     """Load a checkpoint of `script` (it must hold `keys`, and match its checksum), or stop with a message that says
-    what is wrong with it. A folder means the run's latest checkpoint, its checkpoint.pt."""
+    what is wrong with it. A folder means the run's latest checkpoint, its checkpoint.pt, or, where that is gone,
+    the newest of its checkpoint_step*.pt files that loads."""
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "checkpoint.pt")):
+        return newest_step_checkpoint(path, script, keys, flag)
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     try:
@@ -645,13 +820,33 @@ def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -
     if missing:
         raise SystemExit(f"{flag} {path}: not a {script} checkpoint (missing {sorted(missing)})")
     checksum = ckpt.pop("checksum", None)  # checkpoints written before checksums have none
-    if checksum is not None and checksum != content_checksum(ckpt):
+    if checksum is None:
+        print(f"warning: {flag} {path} has no checksum (it was written before checkpoints had one): not verified")
+    elif checksum != content_checksum(ckpt):
         raise SystemExit(
             f"{flag} {path}: the checkpoint's content does not match its checksum: the file was damaged after it "
             "was written (disk or copy error); use another checkpoint"
         )
     ckpt["path"] = path
     return ckpt
+
+
+def newest_step_checkpoint(folder: str, script: str, keys: set, flag: str) -> dict:
+    """A run folder without checkpoint.pt (deleted, or lost with a copy that does not keep hard links): load the
+    checkpoint_step*.pt written last that loads and matches its checksum, and say which one it took and why."""
+    candidates = sorted(glob.glob(os.path.join(glob.escape(folder), "checkpoint_step*.pt")), key=os.path.getmtime)
+    refused = []
+    for path in reversed(candidates):
+        try:
+            ckpt = load_checkpoint(path, script, keys, flag)
+        except SystemExit as error:
+            refused.append(f"{os.path.basename(path)} ({error})")
+            continue
+        skipped = f"; newer but refused: {'; '.join(refused)}" if refused else ""
+        print(f"{flag} {folder}: it has no checkpoint.pt; continuing from its newest checkpoint, {path}{skipped}")
+        return ckpt
+    found = f": {'; '.join(refused)}" if refused else ""
+    raise SystemExit(f"{flag} {folder}: no checkpoint.pt and no usable checkpoint_step*.pt in this folder{found}")
 
 
 def check_config(path: str, saved: dict, config: dict, flag: str = "--resume"):
@@ -695,17 +890,43 @@ def as_flag(name: str, value) -> str:
     return f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
 
 
+def flags_on_command_line(args, script: str) -> set:
+    """The fields of `args` named on the command line of this process (tyro's spellings: --flag-name, --flag_name,
+    --flag=value, --no-flag), when it runs `script`.py; none when main() is called from Python (tests, notebooks),
+    where sys.argv is another program's."""
+    if os.path.basename(sys.argv[0]) != f"{script}.py":
+        return set()
+    fields, given = {field.name for field in dataclasses.fields(args)}, set()
+    for word in sys.argv[1:]:
+        name = word[2:].split("=", 1)[0].replace("-", "_") if word.startswith("--") else ""
+        name = name[3:] if name not in fields and name.startswith("no_") else name
+        if name in fields:
+            given.add(name)
+    return given
+
+
 def load_for_resume(args, script: str, keys: set):
-    """--resume PATH: load the checkpoint before anything heavy and continue with the run's own flags. A flag left
-    at its default takes the checkpoint's value; a flag given with another value than the checkpoint's is refused,
-    unless it is one of RESUMABLE_CHANGES. Returns (the flags to run with, the checkpoint)."""
+    """--resume PATH: load the checkpoint before anything heavy and continue with the run's own flags. A flag that
+    was not given (not on the command line, and at its default) takes the checkpoint's value; a flag given with
+    another value than the checkpoint's, even its default (`--gamma 0.99` on a run trained with 0.9), is refused
+    unless it is one of RESUMABLE_CHANGES, which then take the given value. Returns (the flags to run with, the
+    checkpoint)."""
     ckpt = load_checkpoint(args.resume, script, keys)
-    defaults, saved = type(args)(), ckpt.get("args", {})
-    restored, conflicts = {}, []
+    defaults, saved, step = type(args)(), ckpt.get("args"), ckpt.get("global_step")
+    if not isinstance(saved, dict):
+        raise SystemExit(
+            f"--resume {ckpt['path']}: the checkpoint holds no 'args', the flags of its run, so it cannot continue with "
+            "them; resume a checkpoint that a training run saved"
+        )
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise SystemExit(
+            f"--resume {ckpt['path']}: its global_step {step!r} is not a step count; use another checkpoint"
+        )
+    restored, conflicts, given = {}, [], flags_on_command_line(args, script)
     for name, value in vars(args).items():
         if name not in saved or name == "resume" or value == saved[name]:
             continue
-        if value == getattr(defaults, name):
+        if name not in given and value == getattr(defaults, name):
             restored[name] = saved[name]
         elif name not in RESUMABLE_CHANGES:
             conflicts.append(f"{as_flag(name, value)} (the checkpoint's run used {as_flag(name, saved[name])})")
@@ -747,6 +968,13 @@ def restore_state(ckpt: dict, stateful: dict, rng, device, envs=None):
     if envs is not None:
         envs.set_attr("state", ckpt["envs"])
     print(f"resumed {ckpt['run_name']} at step {ckpt['global_step']:,}")
+    saved_threads, threads = ckpt.get("torch_threads"), torch.get_num_threads()
+    if device.type == "cpu" and saved_threads is not None and saved_threads != threads:
+        print(
+            f"warning: the checkpoint's run used {saved_threads} CPU thread{'s' if saved_threads > 1 else ''} and this "
+            f"one uses {threads}: CPU sums come out bit-identical only with the same count, so this run will not be "
+            f"bit-exact to one that never stopped (--threads {saved_threads} makes it so)"
+        )
 
 
 # ---- Fast paths (opt-in; each script's eager `update` is the reference) ----

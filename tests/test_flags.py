@@ -9,10 +9,12 @@ import subprocess
 import sys
 import typing
 
+import numpy as np
 import pytest
 
 import bro_atari
 import bro_mt
+from brc_utils import envs as brc_envs
 from brc_utils import run as run_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,9 +59,32 @@ def test_flags_that_only_make_sense_together(name):
     with pytest.raises(SystemExit, match="--v-min 0.0 and --v-max 0.0: need v-min < v-max"):
         script.check_args(script.Args(v_min=0.0, v_max=0.0))
     with pytest.raises(
-        SystemExit, match=r"--gamma 1.0: must be in \[0, 1\)\n  --seed -1: must be in \[0, 4294967295\]"
+        SystemExit, match=r"--gamma 1.0: must be in \[0, 1\)\n  --seed -1: must be in \[0, 2147483647\]"
     ):
         script.check_args(script.Args(gamma=1.0, seed=-1))  # every bad flag, one line each
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_the_run_flags_that_are_not_numbers(name):
+    """--resume "" would silently start a new run; --exp-name names a folder, so it must not be a path."""
+    script = SCRIPTS[name]
+    for resume in ("", "  "):
+        with pytest.raises(SystemExit, match=f"--resume '{resume}': an empty path; give a checkpoint or a run folder"):
+            script.check_args(script.Args(resume=resume))
+    for exp_name in ("a/b", "../../x", "x" * 101, "", "tab\there"):
+        with pytest.raises(SystemExit, match=r"--exp-name .*: use letters, digits and \. _ - \+ only, at most 100"):
+            script.check_args(script.Args(exp_name=exp_name))
+    script.check_args(script.Args(exp_name="dogs_v2.1-lr3e-4+wd", save_minutes=math.inf))  # inf: never
+
+
+def test_the_largest_seed_survives_the_scripts_seed_arithmetic():
+    """--seed 4294967295 passed the range check, then env seeds (seed + 10_000 + task) overflowed NumPy's 2**32."""
+    with pytest.raises(SystemExit, match=r"--seed 4294967295: must be in \[0, 2147483647\]"):
+        bro_mt.check_args(bro_mt.Args(seed=2**32 - 1))
+    seed = int(run_utils.RUN_FLAG_RANGES["seed"].high)
+    env = brc_envs.DMCEnv("cartpole-balance", seed + 10_000 + 63, max_episode_steps=5)  # the 64th task's env
+    env.reset(seed=seed + 10**9 + 1000 * 63)  # an evaluation at step 1e9 of the 64th task
+    np.random.default_rng(seed + 10**9)
 
 
 def test_freeze_trunk_needs_init_from():

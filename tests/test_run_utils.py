@@ -6,7 +6,10 @@ import copy
 import errno
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -181,13 +184,13 @@ def test_a_non_finite_loss_stops_the_run_with_its_state_saved(signals):
             run.check_finite(7, lambda: {"x": torch.zeros(1)})
     path = os.path.join("runs", run.name, "nan_step7.pt")
     assert path in str(stop.value)
-    assert [f for f in os.listdir(run.dir) if "tfevents" not in f] == ["nan_step7.pt"]  # none for step 6
+    assert [f for f in os.listdir(run.dir) if f.endswith(".pt")] == ["nan_step7.pt"]  # none for step 6
     assert torch.load(path, weights_only=True).keys() == {"x", "checksum"}
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.zeros(1))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_first_signal_asks_to_stop_and_a_second_quits(signum, signals, capsys):
+def test_first_signal_asks_to_stop_and_a_later_one_quits(signum, clock, signals, capsys):
     with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
         run.start()
         assert not run.stop_requested
@@ -199,11 +202,31 @@ def test_first_signal_asks_to_stop_and_a_second_quits(signum, signals, capsys):
         assert f"checkpoint saved at step 5: {path} (" in out
         assert f"stopped at step 5; continue with: python bro_test.py --resume {path}" in out
         assert torch.load(path, weights_only=True)["global_step"] == 5
-        with pytest.raises(KeyboardInterrupt):  # second: quit at once
+        clock.now += run_utils.SIGNAL_GRACE  # the run visibly went on: asked again, on purpose
+        with pytest.raises(KeyboardInterrupt):  # quit at once
             os.kill(os.getpid(), signum)
             wait_until(lambda: False, seconds=5)
     assert signals.received == []  # the Run's handlers took both signals...
     assert signal.getsignal(signal.SIGINT) is signals and signal.getsignal(signal.SIGTERM) is signals  # ...till exit
+
+
+def test_one_ctrl_c_delivered_twice_still_saves(clock, signals, capsys):
+    """`timeout 300 python bro_mt.py` and a terminal's Ctrl-C: SIGINT from the terminal, and a millisecond later the
+    copy `timeout` forwards. Both are one request to stop and save; so is a repeat within the grace period."""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert wait_until(lambda: run.stop_requested)
+        wait_until(lambda: False, seconds=0.1)  # a KeyboardInterrupt would come here
+        clock.now += run_utils.SIGNAL_GRACE / 2
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. SIGTERM from a launcher right after: still the same request
+        wait_until(lambda: False, seconds=0.1)
+        path = run.finish(7, lambda: {"global_step": 7})
+    out = capsys.readouterr().out
+    assert out.count("SIGINT: stopping after this step") == 1 and "SIGTERM" not in out, out
+    assert "Ctrl-C again, a second from now or later, quits without saving" in out
+    assert torch.load(path, weights_only=True)["global_step"] == 7
 
 
 def test_a_signal_during_set_up_stops_at_once_and_leaves_no_empty_run_folder(signals):
@@ -233,6 +256,133 @@ def test_save_says_where_and_how_big(signals, capsys):
         run.save(300, lambda: {"weights": torch.zeros(2**18)})  # 1 MiB of float32
         out = capsys.readouterr().out
     assert out.startswith(f"checkpoint saved at step 300: {run.checkpoint_path} (1.0 MiB, "), out
+
+
+def test_checkpoint_pt_is_a_copy_where_the_filesystem_has_no_hard_links(signals, monkeypatch):
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(run_utils.os, "link", no_hard_links)
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        assert run.save(100, lambda: {"global_step": 100})
+        assert run.save(200, lambda: {"global_step": 200})
+    kept = ["checkpoint.pt", "checkpoint_step200.pt", "run.lock"]  # no partial copy left
+    assert sorted(f for f in os.listdir(run.dir) if "tfevents" not in f) == kept
+    assert run_utils.load_checkpoint(run.checkpoint_path, "test", {"global_step"})["global_step"] == 200
+
+
+def test_the_final_save_is_skipped_when_a_periodic_save_holds_that_step(signals, capsys):
+    states = []
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as run:
+        run.start()
+        run.save(300, lambda: states.append(300) or {"global_step": 300})
+        path = run.finish(300, lambda: states.append("final") or {"global_step": 300})
+    assert states == [300] and capsys.readouterr().out.count("checkpoint saved at step 300") == 1
+    assert path == run.checkpoint_path and torch.load(path, weights_only=True)["global_step"] == 300
+
+
+def test_partial_files_of_killed_processes_are_removed_at_start_up(signals, capsys):
+    """SIGKILL during a save leaves its temporary file; the next run in the folder removes those of dead processes."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    folder = os.path.join("runs", "r")
+    os.makedirs(folder)
+    stale = [f"checkpoint_step60.pt.{dead.pid}.140.tmp", f"checkpoint.pt.{dead.pid}.link"]
+    alive = [f"checkpoint_step60.pt.{os.getppid()}.140.tmp", "notes.tmp", "checkpoint_step60.pt"]
+    for name in stale + alive:
+        open(os.path.join(folder, name), "wb").close()
+    with run_utils.Run("bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "r", "global_step": 60}):
+        pass
+    assert sorted(f for f in os.listdir(folder) if "tfevents" not in f) == sorted(alive + ["run.lock"])
+    assert "removed 2 partial file(s) that a stopped process left in runs/r" in capsys.readouterr().out
+
+
+def test_a_resume_never_replaces_a_step_file_it_did_not_write(signals):
+    """Run to 120 (saving 60 and 120), then continue from step 60 again: the second branch's step-120 checkpoint
+    goes beside the first one's (checkpoint_step120+.pt), and checkpoint.pt points at the latest save."""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as first:
+        first.start()
+        first.save(60, lambda: {"global_step": 60})
+        first.save(120, lambda: {"global_step": 120, "branch": 1})
+        first.save(120, lambda: {"global_step": 120, "branch": 1})  # its own file: replaced, not branched
+    folder = first.dir
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".pt")) == ["checkpoint.pt", "checkpoint_step120.pt"]
+    with run_utils.Run(
+        "bro_test.py", Args(), "label", ["losses/a"], CPU, resume={"run_name": first.name, "global_step": 60}
+    ) as second:
+        second.start()
+        second.save(120, lambda: {"global_step": 120, "branch": 2})
+        second.save(150, lambda: {"global_step": 150, "branch": 2})  # removes its own step-120 file only
+        with pytest.raises(SystemExit, match="nan_step150"):
+            second.add_metrics(torch.tensor([math.nan]))
+            second.check_finite(150, lambda: {"branch": 2})
+    assert torch.load(os.path.join(folder, "checkpoint_step120.pt"), weights_only=True)["branch"] == 1
+    kept = ["checkpoint.pt", "checkpoint_step120.pt", "checkpoint_step150.pt", "nan_step150.pt"]
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".pt")) == kept
+    assert torch.load(first.checkpoint_path, weights_only=True)["global_step"] == 150
+
+    with run_utils.Run(
+        "bro_test.py", Args(), "label", ["losses/a"], CPU, resume={"run_name": first.name, "global_step": 60}
+    ) as third:
+        third.start()
+        third.save(120, lambda: {"global_step": 120, "branch": 3})
+        with pytest.raises(SystemExit, match=r"nan_step150\+\.pt"):  # a NaN that recurs: both files kept
+            third.add_metrics(torch.tensor([math.nan]))
+            third.check_finite(150, lambda: {"branch": 3})
+    assert torch.load(os.path.join(folder, "checkpoint_step120.pt"), weights_only=True)["branch"] == 1
+    assert torch.load(os.path.join(folder, "checkpoint_step120+.pt"), weights_only=True)["branch"] == 3
+    assert torch.load(os.path.join(folder, "nan_step150.pt"), weights_only=True)["branch"] == 2
+
+
+def test_a_second_process_cannot_continue_a_run_folder_in_use(signals):
+    """Two resumers of one run folder would remove each other's checkpoints and mix their logs: the second is refused,
+    naming the holder, until the first exits. (In one process two opens of the lock file conflict as two processes.)"""
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU) as first:
+        first.start()
+        resume = {"run_name": first.name, "global_step": 0}
+        with pytest.raises(SystemExit, match=f"is in use: process {os.getpid()} is training it") as refused:
+            run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU, resume=resume)
+        assert "Wait for it to end" in str(refused.value) and "resume from another folder" in str(refused.value)
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU, resume=resume) as second:  # released
+        assert open(os.path.join(second.dir, "run.lock")).read() == f"{os.getpid()}\n"
+
+
+def test_the_lock_of_a_killed_run_does_not_block_a_resume(signals):
+    """SIGKILL (or a crash) leaves run.lock behind, but the kernel dropped the flock with the process."""
+    os.makedirs(os.path.join("runs", "killed"))
+    hold = (
+        "import fcntl, time; f = open('runs/killed/run.lock', 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write('12345'); f.flush(); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(SystemExit, match="process 12345 is training it"):
+            run_utils.Run(
+                "bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "killed", "global_step": 0}
+            )
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with run_utils.Run("bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "killed", "global_step": 0}):
+        pass
+
+
+def test_a_run_folder_that_cannot_be_written_is_named(signals, monkeypatch):
+    """A resume in a read-only run folder: one line that says what to do, not SummaryWriter's OSError traceback.
+    (Tests may run as root, who can write anywhere, so the refusal is faked.)"""
+    os.makedirs(os.path.join("runs", "readonly"))
+    real_open = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(os.path.join("runs", "readonly")):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(SystemExit, match=r"cannot write to the run folder runs/readonly \(Permission denied\); make"):
+        run_utils.Run("bro_test.py", Args(), "l", ["losses/a"], CPU, resume={"run_name": "readonly", "global_step": 0})
 
 
 def test_warn_if_slow_only_on_a_cpu_and_only_when_slow(capsys):
@@ -276,6 +426,23 @@ def test_save_checkpoint_checks_free_space_first(monkeypatch):
     ):
         run_utils.save_checkpoint(path, big)
     assert os.listdir(os.path.dirname(path)) == ["checkpoint.pt"] and torch.load(path)["step"] == 1
+
+
+def test_check_checkpoint_space_warns_at_start_up_when_checkpoints_will_not_fit(monkeypatch, signals, capsys):
+    free = {"bytes": 2**30}
+    monkeypatch.setattr(run_utils.shutil, "disk_usage", lambda folder: types.SimpleNamespace(free=free["bytes"]))
+    assert run_utils.check_checkpoint_space(".", 100 * 2**20)  # two of ~106 MiB fit in 1 GiB
+    assert capsys.readouterr().out == ""
+    free["bytes"] = 150 * 2**20
+    assert not run_utils.check_checkpoint_space(".", 100 * 2**20)
+    out = capsys.readouterr().out
+    assert out.startswith("warning: a checkpoint of this run takes ~106.0 MiB, and 150.0 MiB is free in .: one fits")
+    assert "the second fails" in out
+    free["bytes"] = 50 * 2**20
+    assert not run_utils.check_checkpoint_space(".", 100 * 2**20)
+    assert "no checkpoint will fit: every save, the final one included, will fail" in capsys.readouterr().out
+    with run_utils.Run("bro_test.py", Args(), "label", ["losses/a"], CPU, checkpoint_bytes=100 * 2**20) as run:
+        assert f"is free in {run.dir}: no checkpoint will fit" in capsys.readouterr().out  # at start-up
 
 
 def test_two_savers_of_one_path_at_once_do_not_collide():
@@ -325,9 +492,10 @@ def test_checkpoints_are_due_every_save_every_steps_and_every_save_minutes(clock
         assert run.save_due(51)
         run.save(51, lambda: {"global_step": 51})
         assert not run.save_due(52)
-    with run_utils.Run("bro_test.py", Args(save_every=0, save_minutes=0), "other", ["losses/a"], CPU) as run:
-        clock.now += 10**6
-        assert not run.save_due(100)
+    for never in (0, math.inf):
+        with run_utils.Run("bro_test.py", Args(save_every=0, save_minutes=never), "other", ["a"], CPU) as run:
+            clock.now += 10**6
+            assert not run.save_due(100)
 
 
 def test_load_checkpoint_says_what_is_wrong():
@@ -357,6 +525,69 @@ def test_load_checkpoint_says_what_is_wrong():
         run_utils.load_checkpoint("tensor.pt", "bro_mt", keys)
 
     assert run_utils.load_checkpoint("full.pt", "bro_mt", keys)["global_step"] == 3
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_warning(capsys):
+    torch.save({"global_step": 3}, "old.pt")  # as checkpoints written before checksums
+    assert run_utils.load_checkpoint("old.pt", "bro_mt", {"global_step"})["global_step"] == 3
+    assert (
+        capsys.readouterr().out
+        == "warning: --resume old.pt has no checksum (it was written before checkpoints had one): not verified\n"
+    )
+    run_utils.save_checkpoint("new.pt", {"global_step": 3})
+    run_utils.load_checkpoint("new.pt", "bro_mt", {"global_step"})
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("step", [-1, 2.5, True, "60", None])
+def test_resume_refuses_a_checkpoint_without_args_or_with_a_bad_step(step):
+    run_utils.save_checkpoint("no_args.pt", {"global_step": 60, "config": {}})
+    with pytest.raises(SystemExit, match=r"no_args\.pt: the checkpoint holds no 'args', the flags of its run"):
+        run_utils.load_for_resume(Args(resume="no_args.pt"), "bro_test", {"global_step"})
+    run_utils.save_checkpoint("bad_step.pt", {"global_step": step, "args": asdict(Args())})
+    with pytest.raises(SystemExit, match=f"bad_step\\.pt: its global_step {re.escape(repr(step))} is not a step count"):
+        run_utils.load_for_resume(Args(resume="bad_step.pt"), "bro_test", {"global_step"})
+
+
+def test_a_flag_given_at_its_default_is_not_overridden_by_the_checkpoint(monkeypatch, capsys):
+    """`--gamma 0.99 --resume` of a gamma-0.9 run: 0.99 is the default, but it was given, so the resume is refused
+    rather than silently training with 0.9. A given flag that a resume may change (--log-interval) keeps its value."""
+    saved = asdict(Args(gamma=0.9, log_interval=50, critic_width=64))
+    run_utils.save_checkpoint("c.pt", {"global_step": 60, "args": saved})
+
+    def resume(*command_line, program="/home/me/brc/bro_test.py"):
+        monkeypatch.setattr(sys, "argv", [program, *command_line, "--resume", "c.pt"])
+        return run_utils.load_for_resume(Args(resume="c.pt"), "bro_test", {"global_step"})[0]
+
+    for spelling in (["--gamma", "0.99"], ["--gamma=0.99"], ["--gamma", "0.99", "--no-track"]):
+        with pytest.raises(SystemExit, match=r"--gamma 0\.99 \(the checkpoint's run used --gamma 0\.9\)"):
+            resume(*spelling)
+    args = resume("--log_interval", "100", "--no-track")
+    assert (args.log_interval, args.gamma, args.critic_width) == (100, 0.9, 64)  # given; restored; restored
+    args = resume("--gamma", "0.99", program="pytest")  # main() called from Python: sys.argv is not the script's
+    assert (args.log_interval, args.gamma) == (50, 0.9)
+    assert capsys.readouterr().out.splitlines() == [
+        "flags from the checkpoint: --gamma 0.9 --critic-width 64",  # --log-interval 100 was given
+        "flags from the checkpoint: --log-interval 50 --gamma 0.9 --critic-width 64",
+    ]
+
+
+def test_resume_of_a_folder_without_checkpoint_pt_takes_its_newest_valid_step_file(capsys):
+    folder = os.path.join("runs", "r")
+    for age, step in [(3, 120), (2, 60), (1, 180)]:  # step 60 was written after 120: a resume from an older one
+        path = os.path.join(folder, f"checkpoint_step{step}.pt")
+        run_utils.save_checkpoint(path, {"global_step": step})
+        os.utime(path, (1000 - age, 1000 - age))
+    with open(os.path.join(folder, "checkpoint_step180.pt"), "wb") as f:
+        f.write(b"half a checkp")  # the newest, damaged
+    assert run_utils.load_checkpoint(folder, "bro_mt", {"global_step"})["global_step"] == 60
+    out = capsys.readouterr().out
+    assert out.startswith(f"--resume {folder}: it has no checkpoint.pt; continuing from its newest checkpoint, "), out
+    assert "checkpoint_step60.pt; newer but refused: checkpoint_step180.pt (" in out and "truncated or corrupt" in out
+
+    os.makedirs("empty")
+    with pytest.raises(SystemExit, match="--resume empty: no checkpoint.pt and no usable checkpoint_step"):
+        run_utils.load_checkpoint("empty", "bro_mt", {"global_step"})
 
 
 def test_check_config_refuses_another_runs_checkpoint():
@@ -424,6 +655,27 @@ def test_checkpoint_state_and_restore_state_continue_exactly():
         assert fresh_rng.random() == next_numpy
 
 
+def test_a_resume_with_another_thread_count_warns_that_it_is_not_bit_exact(capsys):
+    before = torch.get_num_threads()
+    model, rng = nn.Linear(2, 1), np.random.default_rng(0)
+    run = types.SimpleNamespace(name="r", args=Args())
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_num_threads(2)
+            ckpt = run_utils.checkpoint_state(run, {}, 5, {"model": model}, rng, CPU)
+            run_utils.restore_state(ckpt, {"model": model}, rng, CPU)
+            assert "warning" not in capsys.readouterr().out  # the same count: bit-exact
+            torch.set_num_threads(1)
+            run_utils.restore_state(ckpt, {"model": model}, rng, CPU)
+            out = capsys.readouterr().out
+            assert "warning: the checkpoint's run used 2 CPU threads and this one uses 1" in out, out
+            assert "not be bit-exact" in out and "(--threads 2 makes it so)" in out
+            run_utils.restore_state(ckpt, {"model": model}, rng, torch.device("cuda"))  # the update is not on a CPU
+            assert "warning" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- Where the replay buffer lives ----
 SMALLER = "--model-size or --batch-size"
 REPLAY = "(2 tasks x 1,000 transitions)"
@@ -465,6 +717,9 @@ def test_ranges_say_what_is_valid():
     )
     assert [v in gamma for v in (0.0, 0.99, 1.0, -0.1, math.nan, math.inf)] == [True, True, False, False, False, False]
     assert 1 in one and 0 not in one and 1e-9 in positive and 0.0 not in positive
+    never = run_utils.Range(0, inf_ok=True)  # --save-minutes inf
+    assert math.inf in never and -math.inf not in never and math.nan not in never and math.inf not in one
+    assert str(never) == "at least 0 (or inf)"
     assert [v for v in gamma.just_outside() if v == v] == [-1, 1] and math.isnan(gamma.just_outside()[0])
     args = Args(batch_size=0, gamma=0.5, critic_width=None, log_interval=0)
     with pytest.raises(SystemExit) as error:
@@ -537,5 +792,22 @@ def test_set_threads_one_for_small_updates_else_the_flag_or_torchs_default(monke
         monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's OMP_NUM_THREADS wins over the automatic rule
         run_utils.set_threads(cpu, None, small)
         assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_more_threads_than_cores_gets_a_note(monkeypatch, capsys):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(run_utils.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    try:
+        run_utils.set_threads(torch.device("cpu"), 2, 10.0)
+        assert capsys.readouterr().out == ""
+        run_utils.set_threads(torch.device("cpu"), 3, 10.0)
+        assert capsys.readouterr().out == (
+            "note: --threads 3 on 2 CPU cores: threads beyond the cores take turns on them, which is usually slower "
+            "than --threads 2\n"
+        )
+        run_utils.set_threads(torch.device("cuda"), 3, 10.0)  # the update is not on a CPU
+        assert capsys.readouterr().out == ""
     finally:
         torch.set_num_threads(before)
