@@ -57,7 +57,7 @@ import torch.nn.functional as F
 import tyro
 
 from brc_utils import run as run_utils
-from brc_utils.atari import FRAME_SIZE, REFERENCE_SCORES, AtariGame, GameEnv, resolve_env_ids
+from brc_utils.atari import FRAME_SIZE, REFERENCE_SCORES, AtariGame, make_game_envs, resolve_env_ids
 
 
 @dataclass
@@ -128,7 +128,7 @@ class AlgorithmArgs:
 @dataclass
 class Args(run_utils.RunArgs, AlgorithmArgs):
     """Every flag: the algorithm's above, then those that only run the experiment (seed, logging, checkpoints, speed),
-    which bro_atari.py shares (run_utils.RunArgs). A dataclass lists its bases' fields from the right, so --help
+    which bro_mt.py shares (run_utils.RunArgs). A dataclass lists its bases' fields from the right, so --help
     shows the algorithm's flags first."""
 
     exp_name: str = "bro_atari"
@@ -370,6 +370,18 @@ def update(batch: Batch, q_network, target_network, optimizer, support, tau: flo
     return torch.stack([loss, q_mean]).detach()
 
 
+def make_networks(args, num_games: int, num_actions: int, width: int, device) -> tuple:
+    """The Q-network, its target copy and AdamW. fused: torch's one-kernel AdamW (the per-tensor update up to float
+    rounding, faster); capturable: a CUDA graph (--cudagraphs) needs the step count on the GPU."""
+    sizes = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim, args.bf16)
+    with run_utils.announce("initialising the networks"):  # (a 64M head takes minutes on a CPU)
+        q_network, target_network = QNetwork(*sizes).to(device), QNetwork(*sizes).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    target_network.requires_grad_(False)
+    adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, fused=True, capturable=args.cudagraphs)
+    return q_network, target_network, torch.optim.AdamW(q_network.parameters(), **adamw)
+
+
 METRICS = ["losses/critic_loss", "charts/q_mean"]
 PROGRESS = "critic {losses/critic_loss:.3f} Q {charts/q_mean:.2f} epsilon {charts/epsilon:.3f}"
 
@@ -482,6 +494,9 @@ class ReplayBuffer:
         all_games = torch.arange(self.num_games, device=self.device)
         games = all_games if games is None else torch.as_tensor(games, device=self.device)
         last = np.zeros(len(games), bool) if last is None else last
+        # An empty ring holds no frame before this entry, so a stack must not reach past it: it starts an episode
+        # (also mid-episode, when a run resumed without --save-buffer).
+        first = np.asarray(first, bool) | (self.size[games] == 0).cpu().numpy()
         pos = self.pos[games]
         for buf, value in zip(self._fields(), (frames, actions, rewards, terminal, first, last)):
             buf[games, pos] = torch.as_tensor(np.asarray(value), device=self.device).to(buf.dtype)
@@ -622,11 +637,158 @@ def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, vide
 
 
 # ---- Training loop ----
+@dataclass
+class LoopState:
+    """The training loop's own variables, carried from one step to the next (checkpoints save them)."""
+
+    global_step: int  # environment steps so far; one step = every game takes one action
+    obs: np.ndarray  # [games, 4, 84, 84] uint8: every game's current frame stack
+    first: np.ndarray  # [games] does obs[i] begin an episode? (the next replay entry then starts one)
+    episode_returns: np.ndarray  # [games] the score of every game's current episode so far
+
+
+def main(args: Args, make_env: Optional[Callable] = None):
+    """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
+    object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
+    # -- Set-up (not BRC; the helpers are at the end of the file): flags, games, sizes, device, memory --
+    args, ckpt = load_flags(args)
+    env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
+    num_games = len(env_ids)
+    width = args.critic_width or MODEL_SIZES[args.model_size]
+    batch_size = args.batch_size or (256 if num_games > 1 else 64)
+    if make_env is None:  # several games share ALE's full 18-action set
+        settings = dict(repeat_action_probability=args.repeat_action_probability, noop_max=args.noop_max)
+        make_env = partial(
+            AtariGame, full_action_space=num_games > 1, max_episode_frames=args.max_episode_frames, **settings
+        )
+    eval_envs = [make_env(game, args.seed + 10_000 + i) for i, game in enumerate(env_ids)]
+    num_actions = eval_envs[0].num_actions
+    config = {"env_ids": env_ids, "critic_width": width, "encoder_width": args.encoder_width}
+    config |= {"num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
+    device, buffer_device, checkpoint_bytes = set_up_device(args, ckpt, config, eval_envs, batch_size)
+    rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
+
+    label = env_ids[0] if num_games == 1 else f"{num_games}games"
+    with run_utils.Run("bro_atari.py", args, label, METRICS, device, ckpt, checkpoint_bytes) as run:
+        envs = make_game_envs(make_env, env_ids, args.seed, args.async_envs)
+        run.close_on_exit(envs)
+        q_network, target_network, optimizer = make_networks(args, num_games, num_actions, width, device)
+        support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
+        rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
+        normalizer = RewardNormalizer(num_games, args.gamma)
+        first_frames = envs.reset()[0]  # [games, 84, 84]; the first stack repeats the first frame
+        obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)
+        loop = LoopState(global_step=0, obs=obs, first=np.ones(num_games, bool), episode_returns=np.zeros(num_games))
+        stateful = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
+        stateful |= {"normalizer": normalizer}  # with `loop`, envs, RNGs and replay: a checkpoint
+        first_update_step = run.restore_or_start(stateful, loop, rng, envs, rb, config)  # (--resume: loaded here)
+
+        # Each game's reward divisor (G_bar / 10). Unlike bro_mt.py's it has no temperature term, so it changes only
+        # when an episode ends (or while a game has finished none): learn() refreshes it then. The sampler applies it,
+        # since an n-step return sums several rewards.
+        scale = torch.ones(num_games, device=device)
+        scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
+        polyak_tau = 0.0 if args.target_network_frequency else args.tau
+
+        def update_step(batch: Batch) -> torch.Tensor:
+            return update(batch, q_network, target_network, optimizer, support, polyak_tau)
+
+        update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
+
+        def learn():
+            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+            nonlocal scale_stale
+            if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
+                scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
+                scale_stale = False
+            for _ in range(args.updates_per_step):
+                batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
+                run.add_metrics(update_step(batch))
+
+        def progress_scalars() -> dict:
+            """The progress line's values besides the losses: epsilon and the reward scales last used."""
+            step = loop.global_step - 1  # the step just taken
+            epsilon = epsilon_schedule(step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end)
+            scalars = {"charts/epsilon": epsilon}
+            if not args.clip_rewards:
+                scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(env_ids, scale.tolist())}
+            return scalars
+
+        while loop.global_step < args.total_timesteps and not run.stop_requested:
+            # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
+            epsilon = epsilon_schedule(
+                loop.global_step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end
+            )
+            explore = rng.random(num_games) < epsilon
+            actions = rng.integers(num_actions, size=num_games)
+            if not explore.all():
+                actions = np.where(explore, actions, greedy_actions(q_network, loop.obs, support, device))
+
+            # -- step envs -- (an emulator error or NaN stops the run, saved). With --async-envs the emulators run in
+            # worker processes while learn() runs here, on the transitions up to the previous step (a one-step lag).
+            overlapped_update = learn if args.async_envs and loop.global_step >= first_update_step else None
+            next_frames, rewards, terminations, truncations, infos = run.step_envs_guarded(
+                envs, actions, loop.global_step, env_ids, while_stepping=overlapped_update
+            )
+
+            # -- record -- Where an episode ended, next_frames holds the next episode's first frame; the step's own
+            # frame and info are in infos["final_obs"] and infos["final_info"].
+            frames, terminal = loop.obs[:, -1].copy(), np.zeros(num_games, bool)  # entry t: the newest frame of s_t
+            ended = terminations | truncations
+            for i, game in enumerate(env_ids):
+                life_lost = (infos["final_info"] if ended[i] else infos)["life_lost"][i]
+                terminal[i] = terminations[i] or (life_lost and args.terminal_on_life_loss)
+                normalizer.record(i, float(rewards[i]))
+                loop.episode_returns[i] += rewards[i]
+                if terminal[i] or truncations[i]:  # with lives as terminals, each life is an episode of the normaliser
+                    normalizer.end_episode(i, terminal[i])
+                    scale_stale = True
+                if ended[i]:
+                    run.log({f"charts/episodic_return/{game}": loop.episode_returns[i]}, loop.global_step)
+                    loop.episode_returns[i] = 0
+                    loop.obs[i] = next_frames[i]  # the new episode's first stack repeats its first frame
+                else:
+                    push_frame(loop.obs[i], next_frames[i])
+
+            # -- store: entry t of each game, then the final frame of each truncated episode --
+            rb.add(frames, actions, rewards, terminal, loop.first)
+            rb.add_final_frames(infos.get("final_obs"), np.flatnonzero(truncations & ~terminations))
+            loop.first = ended
+            loop.global_step += 1
+
+            # -- update: the first after `learning_starts` transitions (with --async-envs it ran during the step) --
+            if not args.async_envs and loop.global_step >= first_update_step:
+                learn()
+            copy_target = args.target_network_frequency and loop.global_step % args.target_network_frequency == 0
+            if loop.global_step >= first_update_step and copy_target:
+                target_network.load_state_dict(q_network.state_dict())
+
+            # -- log, save: stop if a loss is not finite, the progress line, a periodic checkpoint --
+            run.end_of_step(loop.global_step, progress_scalars, PROGRESS)
+
+            # -- evaluate -- (Ctrl-C ends it after the current episode)
+            if loop.global_step % args.eval_interval == 0 or loop.global_step == args.total_timesteps:
+                scores = evaluate(
+                    q_network,
+                    eval_envs,
+                    args.eval_episodes,
+                    args.eval_epsilon,
+                    support,
+                    device,
+                    args.seed + loop.global_step,
+                    run.video_dir(loop.global_step),
+                    stop=lambda: run.stop_requested,
+                )
+                hns, summary = score_summary(scores)
+                run.log_evaluation(loop.global_step, scores, summary, {"human_normalized": hns})
+        return run.finish(loop.global_step)
+
+
+# ---- Not BRC: flags, sizes, memory and the device (a student may skip this section) ----
 CHECKPOINT_KEYS = {
     "version", "run_name", "config", "global_step", "q_network", "target_network", "optimizer", "normalizer", "rng",
     "envs", "obs", "first", "episode_returns", "replay_buffer",
 }  # fmt: skip
-
 
 ONE, ZERO, POSITIVE, PROBABILITY = (
     run_utils.Range(1),
@@ -643,6 +805,15 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
     "repeat_action_probability": PROBABILITY, "noop_max": ZERO, "max_episode_frames": ONE, "eval_interval": ONE,
     "eval_episodes": ONE,
 }  # fmt: skip
+
+
+def load_flags(args: Args) -> tuple[Args, Optional[dict]]:
+    """The flags to run with and, with --resume, the checkpoint (whose run's own flags win over defaults)."""
+    ckpt = None
+    if args.resume:
+        args, ckpt = run_utils.load_for_resume(args, "bro_atari", CHECKPOINT_KEYS)
+    check_args(args)
+    return args, ckpt
 
 
 def check_args(args: Args):
@@ -664,37 +835,16 @@ def check_args(args: Args):
         )
 
 
-def main(args: Args, make_env: Optional[Callable] = None):
-    """Train. `make_env(game, seed)` replaces the ALE games (tests pass a tiny pixel game); it must return an
-    object with AtariGame's interface: num_actions, game, reset(seed), step(action), render(), get/set_state()."""
-    # -- Set-up: flags (a resumed run takes its own from the checkpoint), games, sizes, device --
-    ckpt = None
-    if args.resume:
-        args, ckpt = run_utils.load_for_resume(args, "bro_atari", CHECKPOINT_KEYS)
-    check_args(args)
-    env_ids = resolve_env_ids(args.env_ids) if make_env is None else list(args.env_ids)
-    width = args.critic_width or MODEL_SIZES[args.model_size]
-    num_games = len(env_ids)
-    batch_size = args.batch_size or (256 if num_games > 1 else 64)
+def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) -> tuple:
+    """Seed torch and pick the device; check a resumed checkpoint against `config`; print the games and model sizes;
+    set the thread count; refuse up front what cannot fit in memory and warn about what will crawl. Returns the
+    training device, the replay buffer's, and the size of a checkpoint (the run checks the disk for it)."""
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
-    rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
-    config = {"env_ids": env_ids, "critic_width": width, "encoder_width": args.encoder_width}
-    config |= {"num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
-
-    # -- Environments: one per game; several games share ALE's full 18-action set --
-    if make_env is None:
-        settings = dict(repeat_action_probability=args.repeat_action_probability, noop_max=args.noop_max)
-        make_env = partial(
-            AtariGame, full_action_space=num_games > 1, max_episode_frames=args.max_episode_frames, **settings
-        )
-    eval_envs = [make_env(game, args.seed + 10_000 + i) for i, game in enumerate(env_ids)]
-    num_actions = eval_envs[0].num_actions
+    num_games, num_actions, width = len(eval_envs), eval_envs[0].num_actions, config["critic_width"]
     if any(env.num_actions != num_actions for env in eval_envs):
         raise SystemExit(f"games with different action counts {[env.num_actions for env in eval_envs]}")
-
-    # -- Memory and time: refuse up front what cannot fit, warn about what will crawl --
     counts = model_parameter_counts(
         num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim
     )
@@ -705,7 +855,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
     buffer_bytes = ReplayBuffer.bytes_needed(num_games, args.buffer_size)
     replay = f"({num_games} games x {args.buffer_size:,} frames)"
     smaller = "--model-size, --encoder-width or --batch-size"
-    print(f"games ({num_games}, {num_actions} actions): {', '.join(env_ids)}")
+    print(f"games ({num_games}, {num_actions} actions): {', '.join(config['env_ids'])}")
     print(
         f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
         f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
@@ -716,141 +866,8 @@ def main(args: Args, make_env: Optional[Callable] = None):
     run_utils.set_threads(device, args.threads, update_gflop)
     buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
     run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --model-size 1M --batch-size 32")
-
-    label = env_ids[0] if num_games == 1 else f"{num_games}games"
-    with run_utils.Run("bro_atari.py", args, label, METRICS, device, resume=ckpt) as run:  # see run_utils.py
-        env_fns = [partial(GameEnv, make_env, game, args.seed + i) for i, game in enumerate(env_ids)]
-        envs = run.close_on_exit(run_utils.make_vector_env(env_fns, args.async_envs))
-
-        # -- Networks and optimiser --
-        with run_utils.announce("initialising the networks"):
-            net_args = (num_games, num_actions, width, args.encoder_width, args.num_bins, args.embedding_dim, args.bf16)
-            q_network, target_network = QNetwork(*net_args).to(device), QNetwork(*net_args).to(device)
-        target_network.load_state_dict(q_network.state_dict())
-        target_network.requires_grad_(False)
-        # fused: torch's one-kernel AdamW (the per-tensor update up to float rounding, faster); capturable: a CUDA
-        # graph (--cudagraphs) needs the step count on the GPU
-        adamw = dict(lr=args.learning_rate, weight_decay=args.weight_decay, fused=True, capturable=args.cudagraphs)
-        optimizer = torch.optim.AdamW(q_network.parameters(), **adamw)
-        support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-        rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
-        normalizer = RewardNormalizer(num_games, args.gamma)
-
-        # -- The state a checkpoint holds, restored with --resume --
-        first_frames, _ = envs.reset()  # [games, 84, 84]
-        obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)  # [games, 4, 84, 84]: the first stack repeats it
-        first = np.ones(num_games, bool)  # does obs[i] begin an episode?
-        episode_returns = np.zeros(num_games)
-        global_step, first_update_step = 0, args.learning_starts  # the latter moves on a resume without replay buffer
-        stateful = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
-        stateful |= {"normalizer": normalizer}
-        if ckpt:
-            run_utils.restore_state(ckpt, stateful, rng, device, envs)
-            global_step, obs, first = ckpt["global_step"], ckpt["obs"].numpy(), ckpt["first"].numpy()
-            episode_returns = ckpt["episode_returns"].numpy()
-            first_update_step = run_utils.restore_replay(ckpt, rb, args.learning_starts)
-            if ckpt["replay_buffer"] is None:
-                first[:] = True  # the stored stacks must not reach into the lost buffer
-
-        def checkpoint() -> dict:
-            buffer = rb.state_dict() if args.save_buffer else None
-            return run_utils.checkpoint_state(
-                run, config, global_step, stateful, rng, device, envs=list(envs.get_attr("state")), obs=obs,
-                first=first, episode_returns=episode_returns, replay_buffer=buffer,
-            )  # fmt: skip
-
-        # Each game's reward divisor (G_bar / 10), refreshed in place by learn(); sampling applies it, outside the update.
-        scale = torch.ones(num_games, device=device)
-        scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
-        polyak_tau = 0.0 if args.target_network_frequency else args.tau
-
-        def update_step(batch: Batch) -> torch.Tensor:
-            return update(batch, q_network, target_network, optimizer, support, polyak_tau)
-
-        update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
-
-        def learn():
-            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
-            nonlocal scale_stale
-            if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
-                scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
-                scale_stale = False
-            for _ in range(args.updates_per_step):
-                batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
-                run.add_metrics(update_step(batch))
-
-        run.start()
-        while global_step < args.total_timesteps and not run.stop_requested:
-            # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
-            epsilon = epsilon_schedule(global_step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end)
-            explore = rng.random(num_games) < epsilon
-            actions = rng.integers(num_actions, size=num_games)
-            if not explore.all():
-                actions = np.where(explore, actions, greedy_actions(q_network, obs, support, device))
-
-            # -- step envs -- With --async-envs the worker processes emulate while this process runs the update,
-            # which then samples transitions up to the previous step (a one-step data lag; see the README).
-            if args.async_envs:
-                envs.step_async(actions)
-                if global_step >= first_update_step:
-                    learn()
-            step_envs = envs.step_wait if args.async_envs else partial(envs.step, actions)
-            # (the guard stops the run, with its state saved, if an emulator fails or returns NaN)
-            next_frames, rewards, terminations, truncations, infos = run.guard_envs(
-                global_step, env_ids, checkpoint, step_envs
-            )
-
-            # -- record -- Where an episode ended, next_frames holds the next episode's first frame; the step's own
-            # frame and info are in infos["final_obs"] and infos["final_info"].
-            frames, terminal = obs[:, -1].copy(), np.zeros(num_games, bool)  # entry t: the newest frame of s_t
-            ended = terminations | truncations
-            for i in range(num_games):
-                life_lost = (infos["final_info"] if ended[i] else infos)["life_lost"][i]
-                terminal[i] = terminations[i] or (life_lost and args.terminal_on_life_loss)
-                normalizer.record(i, float(rewards[i]))
-                episode_returns[i] += rewards[i]
-                if terminal[i] or truncations[i]:  # with lives as terminals, each life is an episode of the normaliser
-                    normalizer.end_episode(i, terminal[i])
-                    scale_stale = True
-                if ended[i]:
-                    run.log({f"charts/episodic_return/{env_ids[i]}": episode_returns[i]}, global_step)
-                    episode_returns[i] = 0
-                    obs[i] = next_frames[i]  # the new episode's first stack repeats its first frame
-                else:
-                    push_frame(obs[i], next_frames[i])
-
-            # -- store: entry t of each game, then the final frame of each truncated episode --
-            rb.add(frames, actions, rewards, terminal, first)
-            rb.add_final_frames(infos.get("final_obs"), np.flatnonzero(truncations & ~terminations))
-            first = ended
-            global_step += 1
-
-            # -- update (the serial loop; see above for --async-envs) --
-            if (
-                not args.async_envs and global_step >= first_update_step
-            ):  # the first after `learning_starts` transitions
-                learn()
-            copy_target = args.target_network_frequency and global_step % args.target_network_frequency == 0
-            if global_step >= first_update_step and copy_target:
-                target_network.load_state_dict(q_network.state_dict())
-            run.check_finite(global_step, checkpoint)  # stops the run, saved, on a non-finite loss
-
-            # -- evaluate, log, checkpoint --
-            if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-                scores = evaluate(  # (Ctrl-C ends it after the current episode)
-                    q_network, eval_envs, args.eval_episodes, args.eval_epsilon, support, device, args.seed + global_step,
-                    run.video_dir(global_step), stop=run.should_stop,
-                )  # fmt: skip
-                hns, summary = score_summary(scores)
-                run.log_evaluation(global_step, scores, summary, {"human_normalized": hns})
-            if run.progress_due(global_step):
-                scalars = {"charts/epsilon": epsilon}
-                if not args.clip_rewards:
-                    scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(env_ids, scale.tolist())}
-                run.progress(global_step, scalars, PROGRESS)
-            if run.save_due(global_step):
-                run.save(global_step, checkpoint)
-        return run.finish(global_step, checkpoint)
+    checkpoint_bytes = 4 * 4 * counts["total"] + args.save_buffer * buffer_bytes  # Q, target, 2 AdamW moments
+    return device, buffer_device, checkpoint_bytes
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ preprocessing choice and why).
   Suites and reference scores  ATARI_5, ATARI_100K_26, ATARI_57, ATARI_QUICK; `resolve_env_ids`
   AtariGame .................. one ALE game: no-op starts, 4 frames per action with a max over the last two, 84x84
                                grayscale frames, life-loss flags, exact-resume state
-  GameEnv .................... an AtariGame as a gymnasium env, for the training loop's vector env
+  GameEnv, make_game_envs ..... an AtariGame as a gymnasium env; all games' training envs as one vector env
 """
 
 import difflib
+from functools import partial
 from typing import Callable, Optional
 
 import ale_py
@@ -16,6 +17,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from PIL import Image
+
+from brc_utils.run import make_vector_env
 
 FRAME_SIZE, FRAME_SKIP = 84, 4  # 84x84 grayscale frames; each action repeats for 4 emulator frames
 
@@ -173,3 +176,11 @@ class GameEnv(gym.Env):
         return frame, reward, terminated, truncated, {"life_lost": bool(life_lost)}
 
     state = property(lambda self: self.game.get_state(), lambda self, state: self.game.set_state(state))
+
+
+def make_game_envs(make_game: Callable, games: list, seed: int, async_envs: bool) -> gym.vector.VectorEnv:
+    """The training envs: one GameEnv per game (game i seeded with seed + i), stepped together as one vector env, in
+    this process or, with --async-envs, each in a worker process (run.make_vector_env). Where an episode ends, the
+    step returns the next episode's first frame; the true last one is in infos["final_obs"]."""
+    env_fns = [partial(GameEnv, make_game, game, seed + i) for i, game in enumerate(games)]
+    return make_vector_env(env_fns, async_envs)
