@@ -16,6 +16,9 @@ ours, taken from standard practice, and named here with its reason:
     with the episode's first frame, episodes cut at 108k frames. A lost life ends the bootstrap in training
     (not the episode, not evaluation), as DQN did; --no-terminal-on-life-loss follows Machado et al.
   - one game: its minimal action set and no embedding; several: ALE's full 18-action set shared by all games.
+  - one Q-network with a target copy, no ensemble: bro_mt.py's two members serve SAC's critic, whose actor follows
+    their averaged Q; a categorical DQN (C51, Rainbow, BBF) picks actions by argmax over one network, and double DQN
+    already separates choosing a' (online network) from scoring it (target). --model-size scales its BroNet head.
   - Impala-style encoder (Espeholt et al., 2018), PyTorch's default conv init: the standard pixel encoder of
     data-efficient Atari agents (DER, SPR, BBF); --encoder-width widens it.
   - n-step returns n = 3 (Rainbow), EMA target tau = 0.005 (BRC; also BBF), epsilon 1 -> 0.01 over 250k steps
@@ -28,17 +31,19 @@ ours, taken from standard practice, and named here with its reason:
 Map of the file (search for the section markers "# ----"):
   Args ..................... every flag: the algorithm's, the reward-clipping ablation, then the ones that only
                              run the experiment
-  Games and preprocessing .. suites, reference scores, the ALE wrapper (no-ops, frame skip + max, 84x84), and the
-                             gymnasium env the training loop's vector env steps (in worker processes: --async-envs)
+  Games .................... where the games, their preprocessing and reference scores live (brc_utils/atari.py)
   Networks ................. BroNet pieces (as in bro_mt.py), Impala encoder, the categorical Q-network
   Categorical projection ... C51, and the double-DQN target built on it
   Losses and the update .... cross-entropy on the taken action, one update, the exploration schedule
   Reward normalisation ..... per-game scale from the largest discounted return seen
   Replay buffer ............ single uint8 frames per game; stacks and n-step returns rebuilt on sampling
   Evaluation ............... raw and human-normalised scores, mean / median / IQM across games
-  Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
-What is not BRC (checkpoints, run folders, logging, signals, memory checks, --compile / --cudagraphs / --bf16
-set-up, vector envs) lives in run_utils.py; you never need to read it to learn the method.
+  Training loop ............ act -> step envs -> record -> store -> update -> log/save -> evaluate
+  Not BRC .................. flag checks, sizes, memory and the device: set-up a student may skip
+What is not BRC lives in brc_utils/ and you never need to read it to learn the method: the ALE adapter
+(brc_utils/atari.py: the games with the preprocessing above, suites, reference scores) and the run plumbing
+(brc_utils/run.py: run folders, logging, signals, checkpoints and exact resume, memory checks, vector envs,
+--compile / --cudagraphs). Each call into it in main() is one line whose name says what it does.
 """
 
 import math

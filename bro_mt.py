@@ -9,18 +9,20 @@ embedding. Rewards are normalised per task so that every task's returns share on
 Map of the file (search for the section markers "# ----"):
   Args ..................... every flag: the algorithm's (defaults = the authors' released code), the ablations,
                              then the ones that only run the experiment
-  Tasks .................... task suites, how tasks of different sizes share one network (padding, action masks)
-  Networks ................. ensemble layers, BroNet, the categorical critic with task embedding, the actor
+  Tasks .................... how tasks of different sizes share one network (padding, action masks)
+  Networks ................. the ensemble and its sites, BroNet, the categorical critic with task embedding, the actor
   Categorical projection ... C51: put the shifted target distribution back on the fixed support
   Losses and the update .... critic cross-entropy, actor, temperature; one update in the paper's order
   Reward normalisation ..... per-task scale from the largest discounted return seen
   Replay buffer ............ per-task ring buffers [tasks, capacity, dim] on the training device
-  Environments ............. dm_control with flat observations, MetaWorld (goal-observable, success flags)
   Evaluation ............... deterministic episodes of every task in lockstep: returns, success rates, videos
   Ablations and transfer ... --critic-loss mse, --task-conditioning multihead, --init-from
-  Training loop ............ act -> step envs -> record -> store -> update -> evaluate/log/checkpoint
-What is not BRC (checkpoints, run folders, logging, signals, memory checks, --compile / --cudagraphs, vector
-envs) lives in run_utils.py; you never need to read it to learn the method.
+  Training loop ............ act -> step envs -> record -> store -> update -> log/save -> evaluate
+  Not BRC .................. flag checks, sizes, memory and the device: set-up a student may skip
+What is not BRC lives in brc_utils/ and you never need to read it to learn the method: the environment adapters
+(brc_utils/envs.py: dm_control and MetaWorld as gymnasium envs, task suites) and the run plumbing (brc_utils/run.py:
+run folders, logging and the progress line, signals, checkpoints and exact resume, memory checks, vector envs,
+--compile / --cudagraphs). Each call into it in main() is one line whose name says what it does.
 """
 
 import math
@@ -578,12 +580,23 @@ class ReplayBuffer:
         return self.obs, self.actions, self.rewards, self.next_obs, self.terminations
 
     def state_dict(self) -> dict:
-        return {"pos": self.pos, "size": self.size, "data": [buf[:, : self.size].cpu() for buf in self._fields()]}
+        data = [buf[:, : self.size].cpu() for buf in self._fields()]
+        return {"pos": self.pos, "size": self.size, "capacity": self.capacity, "data": data}
 
     def load_state_dict(self, state: dict):
-        self.pos, self.size = state["pos"], state["size"]
+        """Restore a saved ring as it was (so that sampling continues exactly), or into a ring of another capacity
+        (a run continued with a longer --total-timesteps gets a larger one): oldest first, the newest that fit."""
+        pos, size = state["pos"], state["size"]
+        if state.get("capacity", self.capacity) == self.capacity:
+            self.pos, self.size = pos, size
+            for buf, saved in zip(self._fields(), state["data"]):
+                buf[:, :size] = saved.to(self.device)
+            return
+        keep = min(size, self.capacity)
         for buf, saved in zip(self._fields(), state["data"]):
-            buf[:, : self.size] = saved.to(self.device)
+            oldest_first = saved if pos == size else saved.roll(-pos, dims=1)  # a full ring's oldest is at pos
+            buf[:, :keep] = oldest_first[:, size - keep :].to(self.device)
+        self.pos, self.size = keep % self.capacity, keep
 
 
 # ---- Evaluation ----
@@ -748,7 +761,7 @@ def main(args: Args):
         run.close_on_exit(envs, *eval_envs)
         nets = make_nets(args, conditioning, obs_dim, action_dim, num_tasks, width, device, pretrained)
         support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-        rb = ReplayBuffer(num_tasks, args.buffer_size, obs_dim, action_dim, buffer_device)
+        rb = ReplayBuffer(num_tasks, replay_capacity(args), obs_dim, action_dim, buffer_device)
         normalizer = RewardNormalizer(num_tasks, args.gamma)
         loop = LoopState(global_step=0, obs=envs.reset()[0], episode_returns=np.zeros(num_tasks))
         stateful = nets._asdict() | {"normalizer": normalizer}  # with `loop`, envs, RNGs and replay: a checkpoint
@@ -891,6 +904,12 @@ def run_config(args: Args, env_ids, width, conditioning, obs_dim, action_dim) ->
     return config | {"obs_dim": obs_dim, "action_dim": action_dim}
 
 
+def replay_capacity(args: Args) -> int:
+    """Transitions per task the ring holds: --buffer-size, but no more than the run can store (one per step). The
+    ring never wraps in such a run either way, so this saves memory without changing what is sampled."""
+    return min(args.buffer_size, args.total_timesteps)
+
+
 def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) -> tuple:
     """Seed torch and pick the device; check a resumed checkpoint against `config`; print the tasks and model sizes;
     set the thread count; refuse up front what cannot fit in memory and warn about what will crawl. Returns the
@@ -909,8 +928,8 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     counts = model_parameter_counts(*sizes)
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
-    buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, args.buffer_size, obs_dim, action_dim)
-    replay = f"({num_tasks} tasks x {args.buffer_size:,} transitions)"
+    buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, replay_capacity(args), obs_dim, action_dim)
+    replay = f"({num_tasks} tasks x {replay_capacity(args):,} transitions)"
     tasks = ", ".join(f"{env.env_id} (obs {env.obs_size}, act {env.action_size})" for env in eval_envs)
     print(f"tasks ({num_tasks}): {tasks}")
     print(
@@ -934,9 +953,11 @@ if __name__ == "__main__":
     description = """BRC for multi-task continuous control on dm_control and MetaWorld (SAC with a categorical BroNet
 critic).
 
-Example, a small run on a laptop CPU:  python bro_mt.py --env-ids DMC_TINY --critic-width 128 --batch-size 128
+A small run on a laptop CPU (~20 minutes; an evaluation every 5000 steps, the first after ~5 minutes):
+  python bro_mt.py --env-ids DMC_TINY --critic-width 128 --batch-size 128 --learning-starts 1000 \\
+      --total-timesteps 20000 --eval-interval 5000 --eval-episodes 3
 
-The defaults are the paper's setting (64M critic, 7 dog and humanoid tasks): that needs a GPU.
+The defaults are the paper's setting (64M critic, 7 dog and humanoid tasks, 1M steps): that needs a GPU.
 MetaWorld: --env-ids MW_MT10 (or MW_MT50, or metaworld-reach-v3 ...).
 
 Every run writes runs/{run_name}/ (TensorBoard logs, checkpoint.pt); Ctrl-C saves a checkpoint to --resume from."""

@@ -229,7 +229,7 @@ def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: st
     place = device if buffer_bytes <= free - model_bytes else torch.device("cpu")
     count = torch.get_num_threads()
     threads = f" ({count} thread{'s' if count > 1 else ''})" if device.type == "cpu" else ""
-    print(f"device {device}{threads}; replay buffer ~{gib(buffer_bytes)} on {place}")
+    print(f"device {device}{threads}; replay buffer {replay} ~{gib(buffer_bytes)} on {place}")
     return place
 
 
@@ -422,6 +422,7 @@ class Run:
         self.metrics_count = 0
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
         self.started = self.stop_requested = False
+        self.started_at, self.last_evaluation = None, None  # for the summary at the end
         self.signal_time = None  # when the first Ctrl-C / SIGTERM / SIGHUP came
         self.last_save = time.time()
         self.learning_since = None  # (step, time) where the updates started, for the ETA
@@ -470,7 +471,7 @@ class Run:
 
     def start(self):
         """The training loop starts: signals now stop it after a step, and the progress clock starts here."""
-        self.started = True
+        self.started, self.started_at = True, time.time()
         self.last_progress = (self.last_progress[0], time.time())
 
     def __enter__(self):
@@ -554,6 +555,7 @@ class Run:
         summary_text = " ".join(f"{name} {value:.3f}" for name, value in summary.items())
         per_task_text = " ".join(f"{task} {value:.1f}{notes[task]}" for task, value in returns.items())
         print(f"eval @ {step:,}: {summary_text} | {per_task_text}", flush=True)
+        self.last_evaluation = f"@ {step:,}: {summary_text}"
 
     def save_due(self, step: int) -> bool:
         """A checkpoint is due every --save-every steps and every --save-minutes of wall time."""
@@ -614,7 +616,23 @@ class Run:
             print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
         else:
             print(f"done: {step:,} steps")
+        self._print_summary(step)
         return self.checkpoint_path
+
+    def _print_summary(self, step: int):
+        """The end of a run in a few lines: the last evaluation, the wall time, where everything is, what to run next."""
+        minutes = (time.time() - self.started_at) / 60 if self.started_at else 0.0
+        size = os.path.getsize(self.checkpoint_path) / 2**20 if os.path.exists(self.checkpoint_path) else 0.0
+        lines = [f"summary of {self.name}: {step:,} steps, {minutes:.1f} min of training in this process"]
+        if self.last_evaluation:
+            lines.append(f"  last evaluation {self.last_evaluation}")
+        lines.append(f"  run folder:  {self.dir}/  (TensorBoard: tensorboard --logdir {os.path.dirname(self.dir)})")
+        lines.append(f"  checkpoint:  {self.checkpoint_path} ({size:,.1f} MiB)")
+        if self.args.capture_video:
+            lines.append(f"  videos:      {os.path.join(self.dir, 'videos')}/")
+        more = "" if self.stop_requested else f" --total-timesteps {2 * self.total_steps}"
+        lines.append(f"  continue:    python {self.script} --resume {self.dir}{more}")
+        print("\n".join(lines), flush=True)
 
     def guard_envs(self, step: int, tasks: list, checkpoint: Callable[[], dict], env_step: Callable, *args):
         """Call the vector env's `env_step(*args)`. When a simulator fails (e.g. dm_control's PhysicsError) or returns

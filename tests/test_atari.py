@@ -287,7 +287,7 @@ def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys, one_th
     monkeypatch.chdir(tmp_path)
     full = torch.load(main(tiny_args(exp_name="full", save_buffer=True)), weights_only=True)
     out = capsys.readouterr().out
-    assert "parameters (encoder" in out and "replay buffer ~" in out
+    assert "parameters (encoder" in out and "replay buffer (2 games x 500 frames) ~" in out
     assert "eval @ 40: mean_return" in out and "hns_iqm" in out and "Pong" in out and "critic" in out
     run_dir = os.path.dirname(glob.glob("runs/*full*/checkpoint.pt")[0])
     assert glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))

@@ -46,6 +46,12 @@ def test_smoke_two_tasks_of_different_sizes_learns_and_writes_everything(capsys)
     assert f"checkpoint saved at step 100: {path} (" in out and f"checkpoint saved at step 300: {path} (" in out
     assert "step 50/300 | " in out and "no updates yet; ETA once they run" in out  # random actions until step 60
     assert "step 100/300 | " in out and " | ETA 0h00m | critic " in out
+    # The run ends with a summary: the last evaluation, where everything is, and how to go on.
+    summary = out[out.index("summary of ") :]
+    run_dir = os.path.dirname(path)
+    assert "last evaluation @ 300: mean_return " in summary and f"checkpoint:  {path} (" in summary
+    assert f"run folder:  {run_dir}/  (TensorBoard: tensorboard --logdir runs)" in summary
+    assert f"continue:    python bro_mt.py --resume {run_dir} --total-timesteps 600" in summary
     ckpt = torch.load(path, weights_only=True)
     # cartpole-balance has obs 5 / action 1, point_mass-easy obs 4 / action 2: padded to 5 and 2.
     assert ckpt["critic"]["task_embedding.weight"].shape == (2, 32)

@@ -694,6 +694,27 @@ def test_replay_sampled_rows_are_consistent():
     torch.testing.assert_close(b.terminations, (c.round() % 2 == 0).float())
 
 
+@pytest.mark.parametrize("steps, capacity", [(3, 8), (5, 8), (8, 12), (8, 3), (8, 6)])
+def test_replay_loads_into_a_ring_of_another_capacity_oldest_first(steps, capacity):
+    """A run continued with a longer --total-timesteps gets a larger ring (replay_capacity): the saved transitions
+    come back oldest first, the newest that fit, and the next one is written after them (never over them)."""
+    rb = ReplayBuffer(num_tasks=2, capacity=5, obs_dim=3, action_dim=2, device="cpu")
+    fill(rb, steps)  # 3: partly full; 5: exactly full; 8: wrapped, the oldest at index 3
+    other = ReplayBuffer(num_tasks=2, capacity=capacity, obs_dim=3, action_dim=2, device="cpu")
+    other.load_state_dict(rb.state_dict())
+    kept = list(range(steps))[-min(steps, 5, capacity) :]  # the steps the small ring still held, newest that fit
+    assert other.size == len(kept) and other.pos == len(kept) % capacity
+    assert other.rewards[1, : len(kept)].tolist() == [code(1, t) + 0.5 for t in kept]
+    fill(other, 1, start=steps)
+    assert other.rewards[1, len(kept) % capacity].item() == code(1, steps) + 0.5
+
+
+def test_the_replay_ring_holds_no_more_than_the_run_can_store():
+    args = bro_mt.Args(total_timesteps=20_000)  # buffer_size 1M by default
+    assert bro_mt.replay_capacity(args) == 20_000
+    assert bro_mt.replay_capacity(bro_mt.Args(total_timesteps=3_000_000)) == 1_000_000
+
+
 @pytest.mark.parametrize("steps", [3, 8])
 def test_replay_state_dict_round_trip(steps):
     rb = ReplayBuffer(num_tasks=2, capacity=5, obs_dim=3, action_dim=2, device="cpu")
