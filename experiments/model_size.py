@@ -17,7 +17,6 @@ with the report, experiments/results/model_size_width.png (return against width,
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -51,37 +50,40 @@ def parameter_counts(ns: argparse.Namespace, width: int) -> dict:
     from brc_utils.envs import make_env
 
     envs = [make_env(task, seed=0) for task in ns.tasks]
-    obs_dim = max(env.observation_space.shape[0] for env in envs)
-    action_dim = max(env.action_space.shape[0] for env in envs)
+    obs_dim, action_dim = max(env.obs_size for env in envs), max(env.action_size for env in envs)
     return bro_mt.model_parameter_counts(obs_dim, action_dim, len(ns.tasks), width)
 
 
-def update_times(ns: argparse.Namespace) -> dict:
-    """ms per gradient update at each width (eager, one thread, the experiment's batch), from benchmarks/bench_mt.py."""
+def update_times(ns: argparse.Namespace, seconds: float = 5.0) -> dict:
+    """ms per gradient update at each width: eager, one thread, the experiment's batch and padded sizes, timed with
+    benchmarks/bench_mt.py's own update (the training loop's `update` on random data), after 5 warm-up updates."""
+    import types
+
+    import torch
+
+    sys.path.insert(0, os.path.join(common.ROOT, "benchmarks"))
+    import bench_mt
     from brc_utils.envs import make_env
 
+    torch.set_num_threads(1)
     envs = [make_env(task, seed=0) for task in ns.tasks]
-    obs_dim = max(env.observation_space.shape[0] for env in envs)
-    action_dim = max(env.action_space.shape[0] for env in envs)
-    command = [sys.executable, os.path.join(common.ROOT, "benchmarks", "bench_mt.py"), "--presets", "--widths"]
-    command += [str(w) for w in ns.widths]
-    command += ["--batch-size", str(ns.batch_size * len(ns.tasks)), "--obs-dim", str(obs_dim)]
-    command += ["--action-dim", str(action_dim), "--num-tasks", str(len(ns.tasks)), "--threads", "1"]
-    command += ["--modes", "eager", "--json"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    sizes = types.SimpleNamespace(
+        batch_size=ns.batch_size * len(ns.tasks),
+        obs_dim=max(env.obs_size for env in envs),
+        action_dim=max(env.action_size for env in envs),
+        num_tasks=len(ns.tasks),
+        seconds=seconds,
+    )
     times = {}
-    for line in out.splitlines():
-        if line.startswith("{"):
-            import json
-
-            cell = json.loads(line)
-            times[int(cell["width"])] = 1000.0 / cell["updates_per_s"]
+    for width in ns.widths:
+        rate = bench_mt.time_updates(sizes, width, torch.device("cpu"), {})["updates_per_s"]
+        times[width] = 1000.0 / rate
     return times
 
 
 def width_scores(rows: list[dict], width: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """[seeds, tasks] normalised scores of one width: the final evaluation and the mean over the curve."""
-    task_curves = common.curves([r for r in rows if r["config"] == config_name(width)])
+    task_curves = common.curves([r for r in rows if r["config"] == config_name(width)])[config_name(width)]
     final = np.stack([task_curves[t][1][:, -1] for t in tasks], 1) / common.MAX_RETURN
     mean = np.stack([task_curves[t][1].mean(1) for t in tasks], 1) / common.MAX_RETURN
     return final, mean
