@@ -614,12 +614,14 @@ def score_summary(scores: dict) -> tuple[dict, dict]:
 def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None, stop=None) -> dict:
     """Mean score of each game over `num_episodes` whole games (no life-loss terminals); games step in lockstep.
     When `stop()` turns true (Ctrl-C), the evaluation ends after the current episode, with the mean so far."""
-    scores, rng = np.zeros((len(envs), num_episodes)), np.random.default_rng(seed)
+    scores = np.zeros((len(envs), num_episodes))
+    rng = np.random.default_rng(seed)  # evaluation's own epsilon-greedy exploration
     num_actions = envs[0].num_actions
     for episode in range(num_episodes):
         first_frames = [env.reset(seed=seed + 1000 * i if episode == 0 else None) for i, env in enumerate(envs)]
         stacks = np.stack([np.repeat(frame[None], FRAME_STACK, 0) for frame in first_frames])
-        done, frames = np.zeros(len(envs), bool), [[] for _ in envs]
+        done = np.zeros(len(envs), bool)
+        frames = [[] for _ in envs]  # for the video
         while not done.all():
             actions = greedy_actions(q_network, stacks, support, device)
             explore = rng.random(len(envs)) < epsilon
@@ -738,7 +740,8 @@ def main(args: Args, make_env: Optional[Callable] = None):
 
             # -- record -- Where an episode ended, next_frames holds the next episode's first frame; the step's own
             # frame and info are in infos["final_obs"] and infos["final_info"].
-            frames, terminal = loop.obs[:, -1].copy(), np.zeros(num_games, bool)  # entry t: the newest frame of s_t
+            frames = loop.obs[:, -1].copy()  # entry t of the replay: the newest frame of s_t
+            terminal = np.zeros(num_games, bool)
             ended = terminations | truncations
             for i, game in enumerate(env_ids):
                 life_lost = (infos["final_info"] if ended[i] else infos)["life_lost"][i]
@@ -847,7 +850,8 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
-    num_games, num_actions, width = len(eval_envs), eval_envs[0].num_actions, config["critic_width"]
+    num_games, num_actions = len(eval_envs), eval_envs[0].num_actions
+    width = config["critic_width"]
     if any(env.num_actions != num_actions for env in eval_envs):
         raise SystemExit(f"games with different action counts {[env.num_actions for env in eval_envs]}")
     counts = model_parameter_counts(

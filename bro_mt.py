@@ -794,7 +794,8 @@ def main(args: Args):
                 scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, reward_scales.tolist())}
             return scalars
 
-        task_ids, random_action_mask = torch.arange(num_tasks, device=device), action_masks.cpu().numpy()
+        task_ids = torch.arange(num_tasks, device=device)
+        random_action_mask = action_masks.cpu().numpy()
         while loop.global_step < args.total_timesteps and not run.stop_requested:
             # -- act --
             if loop.global_step < args.learning_starts:
@@ -917,12 +918,8 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
-    num_tasks, width, obs_dim, action_dim = (
-        len(eval_envs),
-        config["critic_width"],
-        config["obs_dim"],
-        config["action_dim"],
-    )
+    num_tasks, width = len(eval_envs), config["critic_width"]
+    obs_dim, action_dim = config["obs_dim"], config["action_dim"]
     num_bins = args.num_bins if args.critic_loss == "categorical" else 1
     sizes = (obs_dim, action_dim, num_tasks, width, num_bins, args.embedding_dim, config["task_conditioning"])
     counts = model_parameter_counts(*sizes)
