@@ -5,9 +5,11 @@ an exercise whose check rejects a wrong answer, has a py:percent pair in sync, a
 import ast
 import glob
 import importlib
+import inspect
 import os
 import re
 import sys
+from typing import Optional
 
 import nbformat
 import pytest
@@ -166,20 +168,20 @@ FILE_SUFFIXES = (".py", ".md", ".ipynb", ".pt", ".txt", ".toml", ".json", ".npz"
 IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def _names_in(nb) -> tuple[list, list]:
-    """(dotted names, `# -- ... --` markers) the notebook names in backticks, in its prose and its code comments."""
+def _names_in(nb) -> tuple[list, list, list]:
+    """(dotted names, `# -- ... --` markers, code fragments such as `update(batch, nets, ...)`) the notebook quotes in
+    backticks, in its prose and its code comments."""
     text = "\n".join(c.source for c in nb.cells)
-    names, markers = [], []
+    names, markers, fragments = [], [], []
     for token in re.findall(r"`([^`\n]+)`", text):
         token = token.strip()
         if token.startswith("# --"):
             markers.append(token)
-            continue
-        call = re.match(r"^([A-Za-z_][\w.]*)\(", token)  # `update()`, `Args(reward_norm=False)`: the callee
-        name = call.group(1) if call else token
-        if IDENTIFIER.match(name) and ("_" in name or "." in name or name[0].isupper() or call):
-            names.append(name)
-    return names, markers
+        elif re.match(r"^[A-Za-z_][\w.]*\s*\(", token):  # `update()`, `Args(reward_norm=False)`: quoted code
+            fragments.append(token)
+        elif IDENTIFIER.match(token) and ("_" in token or "." in token or token[0].isupper()):
+            names.append(token)
+    return names, markers, fragments
 
 
 def _notebook_variables(nb) -> set:
@@ -189,33 +191,115 @@ def _notebook_variables(nb) -> set:
     return found | {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
 
 
-def unknown_names(nb) -> list[str]:
-    """Every backticked name or marker of the notebook, and every name its code imports from the scripts, that the
-    scripts do not define (empty when all is well)."""
-    modules = _script_modules()
-    top, members = _script_members()
-    variables = _notebook_variables(nb)
-    sources = "\n".join(open(os.path.join(REPO, s)).read() for s in SCRIPTS)
-    problems = []
-    names, markers = _names_in(nb)
-    for name in names:
+class _Scripts:
+    """What the scripts define, to look a quoted name up in: their modules, top-level names, class members and
+    parameter names, and their source (for string constants and loop markers)."""
+
+    def __init__(self, nb):
+        self.modules = _script_modules()
+        self.top, self.members = _script_members()
+        self.variables = _notebook_variables(nb)
+        self.sources = "\n".join(open(os.path.join(REPO, s)).read() for s in SCRIPTS)
+
+    def objects(self, name: str) -> list:
+        """Every script object a dotted name of a script's top-level name resolves to (empty: none)."""
         head, *rest = name.split(".")
-        if head in EXTERNAL_PREFIXES or name in PLAIN_WORDS or name.endswith(FILE_SUFFIXES) or f'"{name}"' in sources:
-            continue  # a library, a file, or a string the scripts use (a suite's name such as "DMC_TINY")
-        if head in top:  # a script's name: every attribute along the chain must exist in at least one script
-            objects = [getattr(m, head) for m in modules if hasattr(m, head)]
-            for attr in rest:  # an attribute, or a dataclass field without a class-level default (Args.env_ids)
-                objects = [getattr(o, attr, None) or getattr(o, "__dataclass_fields__", {}).get(attr) for o in objects]
-                objects = [o for o in objects if o is not None]
-            if not objects:
-                problems.append(name)
-        elif head in members or head in variables or head in TORCH_ATTRIBUTES:  # `critic.embed`, `end_episode`
-            if [attr for attr in rest if attr not in members | TORCH_ATTRIBUTES]:  # the members must exist
-                problems.append(name)
-        else:
-            problems.append(name)
+        objects = [getattr(m, head) for m in self.modules if hasattr(m, head)]
+        for attr in rest:  # an attribute, or a dataclass field without a class-level default (Args.env_ids)
+            objects = [getattr(o, attr, None) or getattr(o, "__dataclass_fields__", {}).get(attr) for o in objects]
+            objects = [o for o in objects if o is not None]
+        return objects
+
+    def knows(self, name: str) -> bool:
+        """Whether a dotted name is a script's (a top-level name and its attributes, a class member reached through a
+        variable or member, a parameter), a library's, a file, or a string the scripts use."""
+        head, *rest = name.split(".")
+        if head in EXTERNAL_PREFIXES or name in PLAIN_WORDS or name.endswith(FILE_SUFFIXES):
+            return True  # a library or a file
+        if f'"{name}"' in self.sources:
+            return True  # a string the scripts use (a suite's name such as "DMC_TINY")
+        if head in self.top:  # every attribute along the chain must exist in at least one script
+            return bool(self.objects(name))
+        if head in self.members | self.variables | TORCH_ATTRIBUTES:  # `critic.embed`, `end_episode`
+            return all(attr in self.members | TORCH_ATTRIBUTES for attr in rest)
+        return False
+
+
+def _dotted(node) -> Optional[str]:
+    """`a.b.c` for a Name or a chain of attributes on a Name, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _call_problem(call: ast.Call, name: str, scripts: _Scripts) -> Optional[str]:
+    """Why a quoted call of a script's function or class does not fit its signature in any script (None: it fits).
+    Keywords must be parameters; a positional argument written as a bare name must be the parameter's own name at
+    that position (prose quotes the signature); `...` stands for the arguments left out."""
+    reasons = []
+    for obj in scripts.objects(name):
+        try:
+            parameters = list(inspect.signature(obj).parameters.values())
+        except (TypeError, ValueError):
+            return None  # not callable with a signature (a constant): nothing to compare
+        if "." in name and inspect.isclass(scripts.objects(name.rsplit(".", 1)[0])[0]) and inspect.isfunction(obj):
+            parameters = parameters[1:]  # `Actor.sample(obs, ...)`: a method, quoted without `self`
+        named = {p.name for p in parameters}
+        takes_any = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        problem = None
+        for index, arg in enumerate(call.args):
+            if isinstance(arg, ast.Constant) and arg.value is Ellipsis:
+                break  # the rest of the positional arguments are left out
+            if index >= len(positional):
+                problem = None if takes_any else f"{name} takes {len(positional)} positional arguments"
+                break
+            if isinstance(arg, ast.Name) and arg.id != positional[index].name:
+                problem = f"{name}'s argument {index + 1} is `{positional[index].name}`, not `{arg.id}`"
+                break
+        unknown = [k.arg for k in call.keywords if k.arg and k.arg not in named]
+        if problem is None and unknown and not takes_any:
+            problem = f"{name} has no parameter {', '.join(unknown)}"
+        if problem is None:
+            return None  # one script's version fits (critic_loss and update differ between the scripts)
+        reasons.append(problem)
+    return "; ".join(dict.fromkeys(reasons)) or None
+
+
+def fragment_problems(fragment: str, scripts: _Scripts) -> list[str]:
+    """Why a quoted code fragment, such as `update(batch, nets, ...)` or `Args(reward_norm=False)`, no longer fits the
+    scripts: it does not parse, calls a name they do not define, or calls one of their functions with a keyword it
+    does not take or an argument named after a different parameter (empty when all is well)."""
+    try:
+        tree = ast.parse(fragment)
+    except SyntaxError:
+        return [f"{fragment} (not Python: quote code as code, or drop the backticks)"]
+    problems, callees = [], {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _dotted(node.func):
+            name = _dotted(node.func)
+            if not scripts.knows(name):
+                problems.append(f"{fragment} ({name} is not defined)")
+            elif name.split(".")[0] in scripts.top and (problem := _call_problem(node, name, scripts)):
+                problems.append(f"{fragment} ({problem})")
+        elif isinstance(node, ast.Name) and id(node) not in callees and "_" in node.id and not scripts.knows(node.id):
+            problems.append(f"{fragment} ({node.id} is not defined)")  # an argument such as `losses=MSE_LOSSES`
+    return problems
+
+
+def unknown_names(nb) -> list[str]:
+    """Every backticked name, marker or code fragment of the notebook, and every name its code imports from the
+    scripts, that the scripts do not define or that no longer fits their signatures (empty when all is well)."""
+    scripts = _Scripts(nb)
+    names, markers, fragments = _names_in(nb)
+    problems = [name for name in names if not scripts.knows(name)]
+    for fragment in fragments:
+        problems += fragment_problems(fragment, scripts)
     code = ast.parse("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
-    by_name = {script[:-3].replace("/", "."): module for script, module in zip(SCRIPTS, modules)}
+    by_name = {script[:-3].replace("/", "."): module for script, module in zip(SCRIPTS, scripts.modules)}
     for node in ast.walk(code):  # `from bro_mt import X` and `bro_mt.X` in the code, without running it
         if isinstance(node, ast.ImportFrom) and node.module in by_name:
             problems += [f"{node.module}.{a.name}" for a in node.names if not hasattr(by_name[node.module], a.name)]
@@ -223,7 +307,7 @@ def unknown_names(nb) -> list[str]:
             problems += [f"{node.value.id}.{node.attr}"] if not hasattr(by_name[node.value.id], node.attr) else []
     for marker in markers:
         pattern = re.escape(marker).replace(r"\ \.\.\.\ ", ".*").replace(r"\.\.\.", ".*")
-        if not re.search(pattern, sources):
+        if not re.search(pattern, scripts.sources):
             problems.append(marker)
     return problems
 
@@ -250,6 +334,25 @@ def test_the_name_check_catches_a_removed_name_and_marker():
         "bro_mt.gone",
         "# -- train --",
     ]
+
+
+def test_the_name_check_catches_a_stale_code_fragment():
+    """A quoted call must parse, call names the scripts define, and fit today's signature: its keywords are
+    parameters and a bare name passed by position is the parameter's own name (`...` leaves arguments out)."""
+    nb = nbformat.v4.new_notebook()
+    fitting = ["update(batch, nets, ...)", "update(..., losses=MSE_LOSSES)", "Args(reward_norm=False)", "update()"]
+    nb.cells = [nbformat.v4.new_markdown_cell(", ".join(f"`{fragment}`" for fragment in fitting))]
+    assert unknown_names(nb) == []
+    stale = [
+        "update(batch, critic, ...)",  # update takes the Nets bundle now
+        "critic_loss(..., mse=True)",  # the MSE ablation has its own loss
+        "q_value(out, support)",  # not the parameter's name
+        "BroNet(width W, depth 2)",  # not Python
+        "update(..., losses=OLD_LOSSES)",  # no such constant
+        "returns_to_go(rewards, gamma, bootstrap, tail)",  # one argument too many
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell(", ".join(f"`{fragment}`" for fragment in stale))]
+    assert [problem.split(" (")[0] for problem in unknown_names(nb)] == stale
 
 
 # ---- Exercises: the check cell compares with the script and rejects a wrong answer ----
