@@ -40,10 +40,11 @@ def test_the_notebooks_are_the_listed_ones():
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes(name, tmp_path):
+def test_notebook_executes(name, tmp_path, monkeypatch):
     """Run every cell in a fresh kernel. The notebook is executed in memory and the result written to tmp_path, so the
     saved outputs in the repository stay as they are. The kernel's working directory is notebooks/, as when a
     student opens it; the notebooks write their training runs to temporary directories, never there."""
+    monkeypatch.delenv("BRC_STRICT_EXERCISES", raising=False)  # the kernel inherits it: unwritten stubs fall back
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK_DIR}})
     try:
@@ -394,6 +395,7 @@ def test_exercise_check_accepts_the_solution_and_rejects_a_wrong_answer(name, mo
     """Once with the stub (the check falls back to the solution and passes), once with the solution's answers moved
     by 0.01, which the check must reject."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("BRC_STRICT_EXERCISES", raising=False)  # the notebooks as shipped: stubs fall back
     stub = run_exercise(name)
     assert stub.startswith("my_"), "exercises use new names (my_...), never the scripts'"
     import exercises
@@ -408,6 +410,18 @@ def test_exercise_03_rejects_the_detached_actor_loss(monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     with pytest.raises(AssertionError, match="detached"):
         run_exercise("03_task_embeddings.ipynb", lambda namespace: lambda *args: namespace["actor_loss"](*args)[0])
+
+
+def test_strict_exercises_fail_on_an_unwritten_stub(monkeypatch):
+    """BRC_STRICT_EXERCISES=1 (graded courses): no fallback to the solution, so the stub fails its check; a written
+    answer still passes. Run in-process, as the exercise tests above."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("BRC_STRICT_EXERCISES", "1")
+    with pytest.raises(NotImplementedError, match="BRC_STRICT_EXERCISES=1"):
+        run_exercise("00_overview.ipynb")
+    import exercises
+
+    run_exercise("00_overview.ipynb", lambda namespace: exercises.solution("00_overview", "my_q_value"))
 
 
 def test_solutions_do_not_redefine_script_names():
