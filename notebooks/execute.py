@@ -8,8 +8,9 @@
 Each notebook runs in a fresh kernel in notebooks/, as when a student opens it. The saved notebook records in its
 metadata (`brc`) the SHA-256 of the scripts it ran against and of its own cells, and its py:percent pair
 (notebooks/py/NAME.py, for reviewing diffs) is rewritten from it. tests/test_notebooks.py fails when the scripts or
-the cells have changed since, or when a pair is out of sync. The notebooks seed everything they draw, and this
-command pins one thread per kernel, so reruns give the same numbers on one machine.
+the cells have changed since, or when a pair is out of sync (maintainers' checks: they run on notebooks as committed,
+or with BRC_MAINTAINER=1; see notebooks/README.md). The notebooks seed everything they draw, and this command pins one
+thread per kernel, so reruns give the same numbers on one machine.
 """
 
 import argparse

@@ -38,6 +38,7 @@ from IPython.display import Markdown, display
 from matplotlib.patches import FancyBboxPatch
 
 import bro_mt
+from brc_utils import envs as env_utils
 from bro_mt import ACTOR_WIDTH, CRITIC_DEPTH, ENSEMBLE_SIZE, Actor, Args, Critic, q_value
 from exercises import answer_or_solution
 
@@ -139,11 +140,12 @@ PSEUDO_CODE = [
 
 
 def where(qualified_name: str) -> tuple[str, int]:
-    """(file, first line) of a function, class or method of bro_mt.py, looked up in today's source."""
-    obj = bro_mt
+    """(file, first line) of a function, class or method of bro_mt.py (or of the environment adapters in
+    brc_utils/envs.py), looked up in today's source."""
+    obj = bro_mt if hasattr(bro_mt, qualified_name.split(".")[0]) else env_utils
     for part in qualified_name.split("."):
         obj = getattr(obj, part)
-    return os.path.basename(inspect.getsourcefile(obj)), inspect.getsourcelines(obj)[1]
+    return os.path.relpath(inspect.getsourcefile(obj), ROOT), inspect.getsourcelines(obj)[1]
 
 
 def table_cell(text: str) -> str:

@@ -27,12 +27,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from brc_utils.envs import DMCEnv
 from bro_mt import (
     Actor,
     Args,
     Batch,
     Critic,
-    DMCEnv,
     RewardNormalizer,
     categorical_projection,
     critic_loss,
@@ -202,10 +202,9 @@ plt.show()
 # - **data**: random-action episodes of `cartpole-balance`. Task A gets its rewards as they are, task B the same
 #   transitions with rewards ×100, so the two tasks differ *only* in reward scale;
 # - **cross-entropy**: `critic_loss` itself, on a `Critic` with two tasks (width 64);
-# - **MSE**: the same `Critic` class with a single output (`num_bins=1`) read as $Q$; for such a critic
-#   `critic_loss` regresses each member on the same soft Bellman target,
-#   $r + \gamma(1-d)\big(Q_{target}(s', a') - \alpha \log\pi(a'|s')\big)$, with a squared error (the script's
-#   `--critic-loss mse` ablation);
+# - **MSE**: the same `Critic` class with a single output (`num_bins=1`) read as $Q$, trained by `mse_critic_loss`
+#   (the script's `--critic-loss mse` ablation), which regresses each member on the same soft Bellman target,
+#   $r + \gamma(1-d)\big(Q_{target}(s', a') - \alpha \log\pi(a'|s')\big)$, with a squared error;
 # - **reward normalisation**: off (every reward divided by 1) or on (`RewardNormalizer` statistics of each task and
 #   `reward_scale`, exactly as `update` computes the divisor).
 #
@@ -335,8 +334,10 @@ for scale_name, scale in scales.items():
 #
 # - The support: `--num-bins`, `--v-min`, `--v-max` in `Args`. With fewer atoms the projection is coarser; with a
 #   narrower range more returns are clipped (rerun the cell above with `support = torch.linspace(-5, 5, 51)`).
-# - The loss: `critic_loss` in `bro_mt.py` holds both versions, side by side. Train with `--critic-loss mse` and
-#   `--no-reward-norm` (or `Args(critic_loss="mse", reward_norm=False)` in notebook 5) to compare training runs.
+# - The loss: `critic_loss` in `bro_mt.py` is BRC's cross-entropy; the MSE ablation is `mse_critic_loss` (with
+#   `mse_q_value`), in the script's "Ablations and transfer" section, and `update` takes it as
+#   `update(..., losses=MSE_LOSSES)`. Train with `--critic-loss mse` and `--no-reward-norm` (or
+#   `Args(critic_loss="mse", reward_norm=False)` in notebook 5) to compare training runs.
 # - The projection: `categorical_projection` is the one function every target goes through; its tests in
 #   `tests/test_mt_units.py` compare it against a plain Python loop.
 

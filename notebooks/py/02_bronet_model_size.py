@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from brc_utils.envs import DMCEnv
 from bro_mt import (
     ACTOR_DEPTH,
     ACTOR_WIDTH,
@@ -37,7 +38,6 @@ from bro_mt import (
     BroNet,
     BroNetBlock,
     Critic,
-    DMCEnv,
     RewardNormalizer,
     categorical_projection,
     model_parameter_counts,
@@ -58,8 +58,9 @@ plt.rcParams.update(
 # $$h_0 = \mathrm{ReLU}(\mathrm{LN}(W_0 x)), \qquad
 # h_{k+1} = h_k + \mathrm{LN}\big(W_{k,2}\,\mathrm{ReLU}(\mathrm{LN}(W_{k,1} h_k))\big), \quad k = 0 .. \text{depth}-1$$
 #
-# The critic is `BroNet(width W, depth 2)` followed by a linear layer to the 101 logits (notebook 1); its input is
-# `[obs, action, task_embedding]` (notebook 3). The actor is `BroNet(256, depth 1)` with two heads (mean and log-std).
+# The critic is `BroNet(members=2, in_features=..., width=W, depth=2)` followed by a linear layer to the 101 logits
+# (notebook 1); its input is `[obs, action, task_embedding]` (notebook 3). The actor is
+# `BroNet(members=1, in_features=..., width=256, depth=1)` with two heads (mean and log-std).
 # Both critic members live in the same tensors: every `EnsembleLinear` holds a weight `[members, in, out]` and runs
 # all members in one `torch.baddbmm`, which is what `jax.vmap` compiles to in the authors' code.
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from brc_utils.envs import DMCEnv
 from bro_mt import (
-    DMCEnv,
     action_masks_and_target_entropy,
     Actor,
     Args,

@@ -31,7 +31,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bro_mt import Args, DMCEnv, RewardNormalizer, returns_to_go, reward_scale
+from brc_utils.envs import DMCEnv
+from bro_mt import Args, RewardNormalizer, returns_to_go, reward_scale
 from exercises import answer_or_solution
 
 plt.rcParams.update(
@@ -224,8 +225,10 @@ for ax, task, name in zip(axes, range(2), TASKS):
     ax.axhline(fresh.max_abs_return()[task], color="k", ls="--", label="after the episode ends")
     ax.set_title(name)
     ax.set_xlabel("steps into the first episode")
-    ax.legend()
 axes[0].set_ylabel("$\\bar G$ used for the scale")
+fig.tight_layout()
+# One legend for both panels, under them: inside either panel it would cover the curve.
+fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2)
 plt.show()
 
 

@@ -3,16 +3,17 @@
 #
 # Notebooks 1-4 took BRC apart; `main(args)` in `bro_mt.py` puts it back together in one flat loop. Here we run it
 # for real, on two tasks, inside the notebook (about a minute on a CPU), and plot per-task learning curves from the
-# TensorBoard logs it writes. One iteration of the loop, as marked in the code:
+# TensorBoard logs it writes. One iteration of the loop, as marked in the code (the loop itself is printed below):
 #
 # | phase | what happens | where |
 # |---|---|---|
 # | act | random actions for `learning_starts` steps; then $a_i \sim \pi(\cdot \mid s_i, \mathrm{sg}(e_i))$ for all tasks in one batch | `Actor.sample`, `Critic.embed` |
-# | step envs | every task's env takes one step with the first $\lvert\mathcal A_i\rvert$ action dims; observations are zero-padded | `DMCEnv` |
+# | step envs | every task's env takes one step with the first $\lvert\mathcal A_i\rvert$ action dims; observations are zero-padded | `DMCEnv` (in `brc_utils/envs.py`) |
 # | record | `RewardNormalizer.record`; at an episode's end `end_episode` and the return is logged | notebook 4 |
 # | store | one transition per task into rings shaped `[tasks, capacity, dim]` (raw rewards) | `ReplayBuffer.add` |
 # | update | `updates_per_step` × `update()`: critic → Polyak target → actor → temperature, on a batch drawn uniformly over (task, index) | `update`, `critic_loss`, `actor_loss`, `temperature_loss` |
-# | evaluate / log / checkpoint | deterministic episodes every `eval_interval`; losses every `log_interval`; a checkpoint at the end | `evaluate`, `Run.log_evaluation`, `Run.save` (in `run_utils.py`) |
+# | log, save | losses every `log_interval`; the progress line; a checkpoint now and then and at the end | `Run.end_of_step`, `Run.finish` (in `brc_utils/run.py`) |
+# | evaluate | deterministic episodes of every task every `eval_interval` steps | `evaluate`, `Run.log_evaluation` |
 #
 # One "environment step" steps every task once, so 1 000 steps on two tasks collect 2 000 transitions.
 
@@ -26,6 +27,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "notebooks"))  # exercises.py
 
 import dataclasses
+import inspect
+import re
 import shutil
 import tempfile
 
@@ -42,6 +45,22 @@ plt.rcParams.update(
     {"figure.dpi": 72, "figure.figsize": (10, 3), "axes.grid": True, "grid.alpha": 0.3, "font.size": 12}
 )
 NOTEBOOK_DIR = os.getcwd()
+
+# %% [markdown]
+# ## The loop itself
+#
+# Printed from today's `bro_mt.py` with `inspect`, from the `while` line to the end of `main`, so it is always the code
+# that runs. Lines marked `run >` call the run plumbing (the `run` object from `brc_utils/run.py`: the guarded env
+# step, logging, checkpoints, videos); each call's name says what it does, and a student may read past them.
+# Everything else is BRC.
+
+# %%
+lines = inspect.getsource(main).splitlines()
+start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("while "))
+indent = len(lines[start]) - len(lines[start].lstrip())
+calls_plumbing = re.compile(r"\brun(_utils)?\.")  # run.log(...), run_utils.fast_update(...)
+for line in lines[start:]:
+    print("run >" if calls_plumbing.search(line) else "     ", line[indent:])
 
 # %% [markdown]
 # ## A run small enough for a CPU
@@ -181,8 +200,9 @@ shutil.rmtree(run_dir)
 # ## Change it yourself
 #
 # - The loop is `main` in `bro_mt.py`, one function from "Training loop" to the end; the phases are marked with
-#   `# -- act --`, `# -- step envs --`, `# -- record --`, `# -- store ... --`, `# -- update ... --`,
-#   `# -- evaluate, log, checkpoint --`; the run's plumbing (run folder, logging, checkpoints) is in `run_utils.py`.
+#   `# -- act --`, `# -- step envs --`, `# -- record --`, `# -- store ... --`, `# -- update: ... --`,
+#   `# -- log, save: ... --`, `# -- evaluate --`; the run's plumbing (run folder, logging, checkpoints) is in
+#   `brc_utils/run.py`.
 # - Rerun with `updates_per_step=1` (a lower replay ratio) or `critic_width=128` and compare the curves.
 # - Take BRC apart, one switch each: `critic_loss="mse"` (notebook 1), `task_conditioning="none"` or `"multihead"`
 #   (notebook 3), `reward_norm=False` (notebook 4).
@@ -197,7 +217,8 @@ shutil.rmtree(run_dir)
 # critic: $\bar\theta \leftarrow (1 - \tau)\bar\theta + \tau\theta$ (`torch._foreach_lerp_`). Write
 # `my_polyak(target_params, online_params, tau)` that returns the new target weights as a list of new tensors. The
 # check runs the script's `update` once on a small critic and compares the target critic it leaves with
-# `my_polyak(target weights before, critic weights after, tau)`. Solution: `notebooks/solutions/05_training_loop.py`.
+# `my_polyak` of the target weights before it, the critic's weights after it, and `tau`. Solution:
+# `notebooks/solutions/05_training_loop.py`.
 
 
 # %% tags=["exercise"]
@@ -207,7 +228,7 @@ def my_polyak(target_params, online_params, tau):
 
 
 # %% tags=["check"]
-from bro_mt import Actor, Batch, Critic, action_masks_and_target_entropy, update
+from bro_mt import Actor, Batch, Critic, Nets, action_masks_and_target_entropy, make_optimizers, update
 
 answer = answer_or_solution(my_polyak, "05_training_loop")
 torch.manual_seed(0)
@@ -216,18 +237,21 @@ target_critic.load_state_dict(critic.state_dict())
 target_critic.requires_grad_(False)
 actor = Actor(5, 2, critic.embedding_dim)
 log_alpha = torch.tensor(0.1).log().requires_grad_()
-optimizers = (
-    torch.optim.AdamW(critic.parameters(), lr=1e-3),
-    torch.optim.AdamW(actor.parameters(), lr=1e-3),
-    torch.optim.Adam([log_alpha], lr=1e-3),
-)
+optimizers = make_optimizers(critic, actor, log_alpha, lr=1e-3, weight_decay=1e-4, alpha_lr=1e-3)
+nets = Nets(critic, target_critic, actor, log_alpha, *optimizers)
 masks, target_entropy = action_masks_and_target_entropy([1, 2], 2, "cpu")  # task 0: one action dim, task 1: two
-batch = Batch(torch.randn(64, 5), torch.rand(64, 2) * 2 - 1, torch.rand(64), torch.randn(64, 5), torch.zeros(64),
-              torch.randint(0, 2, (64,)))  # fmt: skip
+batch = Batch(
+    obs=torch.randn(64, 5),
+    actions=torch.rand(64, 2) * 2 - 1,
+    rewards=torch.rand(64),
+    next_obs=torch.randn(64, 5),
+    terminations=torch.zeros(64),
+    task_ids=torch.randint(0, 2, (64,)),
+)
 batch = batch._replace(actions=batch.actions * masks[batch.task_ids])
 target_before = [p.clone() for p in target_critic.parameters()]
-update(batch, critic, target_critic, actor, log_alpha, optimizers, masks, target_entropy, torch.ones(2),
-       torch.linspace(-10, 10, 101), gamma=0.99, tau=0.005)  # fmt: skip
+support = torch.linspace(-10, 10, 101)
+update(batch, nets, masks, target_entropy, torch.ones(2), support, gamma=0.99, tau=0.005)
 mine = answer(target_before, [p.detach() for p in critic.parameters()], 0.005)
 for new, theirs in zip(mine, target_critic.parameters()):
     torch.testing.assert_close(new, theirs)

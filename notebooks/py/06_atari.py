@@ -27,12 +27,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from brc_utils.atari import SUITES, AtariGame
 from bro_atari import (
     FRAME_STACK,
     MODEL_SIZES,
-    SUITES,
     Args,
-    AtariGame,
     QNetwork,
     ReplayBuffer,
     RewardNormalizer,
@@ -62,7 +61,8 @@ def show(ax, image, title):
 # %% [markdown]
 # ## The frame pipeline
 #
-# `AtariGame` wraps one ALE game with the standard preprocessing (Mnih et al., 2015; Machado et al., 2018):
+# `AtariGame` (in `brc_utils/atari.py`, the ALE adapter beside the script) wraps one ALE game with the standard
+# preprocessing (Mnih et al., 2015; Machado et al., 2018):
 #
 # - each agent action is repeated for **4 emulator frames**; the observation is the pixel-wise **max of the last two**
 #   (some games draw sprites only every other frame);

@@ -5,7 +5,7 @@
 # critic and **one** actor for all of them, so every tensor needs one width. This notebook shows, on two real tasks,
 # how `bro_mt.py` makes them fit without letting the padding leak into learning:
 #
-# 1. observations are zero-padded to the largest task's size (`DMCEnv`, `pad_to`);
+# 1. observations are zero-padded to the largest task's size (`DMCEnv` in `brc_utils/envs.py`, `pad_to`);
 # 2. the actor outputs the largest action size, and each task's **action mask** keeps only its own dims
 #    (`action_masks_and_target_entropy`, `Actor.sample`);
 # 3. $\log\pi(a|s)$ sums over the task's own dims only, and the **target entropy** is per task, $-|\mathcal A_i|/2$
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bro_mt import Actor, Critic, DMCEnv, action_masks_and_target_entropy, reward_scale, temperature_loss
+from brc_utils.envs import DMCEnv
+from bro_mt import Actor, Critic, action_masks_and_target_entropy, reward_scale, temperature_loss
 from exercises import answer_or_solution
 
 torch.manual_seed(0)
