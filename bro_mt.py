@@ -780,7 +780,8 @@ def main(args: Args):
 
         def learn():
             """-- update --: this step's reward scales (with the temperature before its updates), then
-            `updates_per_step` updates on fresh batches."""
+            `updates_per_step` updates on fresh batches. The scales are refreshed every step, since they include
+            the temperature, which every update changes (bro_atari.py's have no such term: it refreshes them less)."""
             if args.reward_norm:
                 g_bar = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
                 reward_scales.copy_(reward_scale(g_bar, nets.log_alpha.detach().exp(), target_entropy, args.gamma))
