@@ -181,13 +181,16 @@ def test_nan_loss_stops_with_the_step_and_saves(monkeypatch):
             dict(env_ids=["cartpole-balance"], model_size="1B", critic_width=None, batch_size=1024),
             "smaller --model-size",
         ),
-        (dict(buffer_size=10**12), r"replay buffer \(2 tasks x 1,000,000,000,000 transitions\) needs .* GiB"),
+        (  # (the ring holds at most --total-timesteps transitions: a run that long)
+            dict(buffer_size=10**12, total_timesteps=10**12),
+            r"replay buffer \(2 tasks x 1,000,000,000,000 transitions\) needs .* GiB",
+        ),
         (dict(resume="missing.pt"), "no such file"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(overrides, message):
     with pytest.raises(SystemExit, match=message):
-        run(total_timesteps=10, **overrides)
+        run(**{"total_timesteps": 10, **overrides})
 
 
 def test_corrupt_or_mismatched_checkpoint_is_refused():
@@ -238,7 +241,12 @@ def test_help_documents_every_flag():
         assert flag in out, flag
     assert "deterministic evaluation episodes per task" in out and "1M" in out and "1B" in out
     assert "if toggled" not in out and "(default: 1024" not in out  # no wrong or second default
-    assert "Example, a small run on a laptop CPU:  python bro_mt.py --env-ids DMC_TINY" in out
+    # --help's example is the README's laptop command, word for word (it evaluates every 5000 steps)
+    readme = open(os.path.join(REPO, "README.md")).read()
+    command = next(line for line in readme.splitlines() if line.startswith("python bro_mt.py --env-ids DMC_TINY"))
+    example = out[out.index("python bro_mt.py --env-ids DMC_TINY") :].split("\n\n")[0]
+    assert " ".join(example.replace("\\", " ").split()) == command
+    assert "A small run on a laptop CPU (~20 minutes" in out
     assert out.index("--env-ids") < out.index("--critic-loss") < out.index("--seed")  # algorithm, ablations, running
     source = open(os.path.join(REPO, "bro_mt.py")).read()
     helps = [l for l in source[: source.index("class Args(")].splitlines() if l.startswith('    """')]
