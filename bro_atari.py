@@ -874,7 +874,10 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     update_gflop = 10 * batch_size * (encoder_macs + counts["head"]) / 1e9  # ~5 forward passes, 2 FLOP/MAC
     run_utils.set_threads(device, args.threads, update_gflop)
     buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
-    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --model-size 1M --batch-size 32")
+    suggestions = (("--critic-width 128", width > 128), ("--encoder-width 4", args.encoder_width > 4))
+    smaller = [flag for flag, bigger in (*suggestions, ("--batch-size 32", batch_size > 32)) if bigger]
+    hint = f"try {' '.join(smaller)}" if smaller else "use fewer --total-timesteps"
+    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, hint, args.total_timesteps)
     checkpoint_bytes = 4 * 4 * counts["total"] + args.save_buffer * buffer_bytes  # Q, target, 2 AdamW moments
     return device, buffer_device, checkpoint_bytes
 

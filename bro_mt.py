@@ -939,7 +939,11 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     run_utils.set_threads(device, args.threads, update_gflop)
     smaller = "--model-size or --batch-size"
     buffer_device = run_utils.place_replay_buffer(device, model_bytes + activation_bytes, buffer_bytes, smaller, replay)
-    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, "try --critic-width 128 --batch-size 128")
+    smaller = [
+        f for f, bigger in (("--critic-width 128", width > 128), ("--batch-size 128", batch_size > 128)) if bigger
+    ]
+    hint = f"try {' '.join(smaller)}" if smaller else "use fewer --total-timesteps"
+    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, hint, args.total_timesteps)
     if args.capture_video:
         run_utils.check_rendering(eval_envs[0].render)
     # critic, target and 2 Adam moments; actor and 2 moments; with --save-buffer the replay buffer

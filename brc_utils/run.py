@@ -249,13 +249,18 @@ def make_vector_env(env_fns: list[Callable], async_envs: bool) -> gym.vector.Vec
             signal.signal(s, handler)
 
 
-def warn_if_slow(device, gflop_per_step: float, hint: str):
-    """Say up front when a CPU will crawl through these settings (one core reaches ~50-80 GFLOP/s in fp32 matmuls)."""
+def warn_if_slow(device, gflop_per_step: float, hint: str, total_steps: Optional[int] = None):
+    """Say up front when a CPU will crawl through these settings (one core reaches ~50-80 GFLOP/s in fp32 matmuls),
+    and how long `total_steps` would take at best. `hint`: what to change (the scripts name only flags not already
+    at their suggestion)."""
     if device.type == "cpu" and gflop_per_step > 5:
         steps_per_second = 60 * torch.get_num_threads() / gflop_per_step
+        hours = (
+            f" ({total_steps:,} steps: {total_steps / steps_per_second / 3600:,.0f} h or more)" if total_steps else ""
+        )
         print(
             f"warning: each environment step costs ~{gflop_per_step:,.0f} GFLOP of updates, so this CPU will run at "
-            f"most ~{steps_per_second:.2g} steps/s. These settings are meant for a GPU; on a CPU {hint}."
+            f"most ~{steps_per_second:.2g} steps/s{hours}. These settings are meant for a GPU; on a CPU {hint}."
         )
 
 

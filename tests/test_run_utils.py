@@ -393,6 +393,26 @@ def test_warn_if_slow_only_on_a_cpu_and_only_when_slow(capsys):
     out = capsys.readouterr().out
     assert f"~{3600 * torch.get_num_threads():,} GFLOP of updates" in out, out
     assert "at most ~0.017 steps/s" in out and "meant for a GPU; on a CPU try a smaller critic" in out, out
+    run_utils.warn_if_slow(CPU, 3600.0 * torch.get_num_threads(), "use fewer --total-timesteps", 60 * 1000)
+    assert "at most ~0.017 steps/s (60,000 steps: 1,000 h or more)" in capsys.readouterr().out
+
+
+def test_the_slow_cpu_warning_names_only_flags_not_yet_at_their_suggestion(capsys, monkeypatch):
+    """bro_atari.py on a CPU: the defaults get the smaller flags suggested; once they are set, fewer steps."""
+    import bro_atari
+
+    monkeypatch.setattr(run_utils, "available_memory", lambda device: 2**40)
+    game = types.SimpleNamespace(num_actions=18)
+    cases = [
+        ({}, "try --critic-width 128 --encoder-width 4 --batch-size 32"),
+        (dict(critic_width=128, encoder_width=4, batch_size=32, updates_per_step=20), "use fewer --total-timesteps"),
+    ]
+    for flags, hint in cases:
+        args = bro_atari.Args(env_ids=["Pong"], cuda=False, threads=1, **flags)
+        config = {"env_ids": ["Pong"], "critic_width": args.critic_width or 4096, "encoder_width": args.encoder_width}
+        bro_atari.set_up_device(args, None, config, [game], args.batch_size or 64)
+        out = capsys.readouterr().out
+        assert f"on a CPU {hint}." in out and "(1,000,000 steps: " in out, out
 
 
 # ---- Checkpoints ----
