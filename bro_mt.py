@@ -875,28 +875,17 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
 
 
 def load_flags(args: Args) -> tuple[Args, Optional[dict]]:
-    """The flags to run with and, with --resume, the checkpoint (whose run's own flags win over defaults)."""
-    ckpt = None
-    if args.resume:
-        args, ckpt = run_utils.load_for_resume(args, "bro_mt", CHECKPOINT_KEYS)
-    check_args(args)
-    return args, ckpt
+    """The flags to run with (a resumed run's own, unless given) and, with --resume, its checkpoint."""
+    return run_utils.load_flags(args, "bro_mt", CHECKPOINT_KEYS, check_args)
 
 
 def check_args(args: Args):
-    """Refuse flag values that cannot work before anything heavy starts; each message names the flag and what is valid."""
-    if args.model_size not in MODEL_SIZES:
-        raise SystemExit(f"unknown --model-size {args.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
-    problems = (
-        [f"--v-min {args.v_min} and --v-max {args.v_max}: need v-min < v-max"] if args.v_min >= args.v_max else []
-    )
+    """Refuse flag values that cannot work before anything heavy starts; each message names the flag and what is valid
+    (check_flags adds the ranges and the checks both scripts share)."""
+    problems = []
     if args.freeze_trunk and not args.init_from:
         problems.append("--freeze-trunk keeps a pretrained trunk fixed: use it with --init-from")
     run_utils.check_flags(args, FLAG_RANGES, problems)
-    if args.learning_starts >= args.total_timesteps:
-        print(
-            f"note: --learning-starts {args.learning_starts} >= --total-timesteps {args.total_timesteps}: no update will run"
-        )
 
 
 def run_config(args: Args, env_ids, width, conditioning, obs_dim, action_dim) -> dict:

@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 from dataclasses import asdict
 from typing import Callable, Optional
 
@@ -145,12 +146,32 @@ def check_flags(args, ranges: dict, problems: Optional[list] = None):
     default" and passes), every problem the caller found between flags and those of run_flag_problems: one line
     each, naming the flag, its value and what is valid."""
     problems = list(problems or []) + run_flag_problems(args)
+    for f in dataclasses.fields(args):  # a choice flag set from Python (tyro checks the command line's)
+        choices, value = typing.get_args(f.type), getattr(args, f.name)
+        if typing.get_origin(f.type) is typing.Literal and value not in choices:
+            problems.append(f"unknown --{f.name.replace('_', '-')} {value!r}; choose one of {', '.join(choices)}")
+    if hasattr(args, "v_min") and args.v_min >= args.v_max:
+        problems.append(f"--v-min {args.v_min} and --v-max {args.v_max}: need v-min < v-max")
     for name, valid in (ranges | RUN_FLAG_RANGES).items():
         value = getattr(args, name)
         if value is not None and value not in valid:
             problems.append(f"{as_flag(name, value)}: must be {valid}")
     if problems:
         raise SystemExit("invalid flags:\n  " + "\n  ".join(problems))
+    if getattr(args, "learning_starts", 0) >= getattr(args, "total_timesteps", math.inf):
+        print(
+            f"note: --learning-starts {args.learning_starts} >= --total-timesteps {args.total_timesteps}: no update will run"
+        )
+
+
+def load_flags(args, script: str, keys: set, check_args: Callable) -> tuple:
+    """The flags to run with and, with --resume, the checkpoint (load_for_resume: a resumed run keeps its own flags,
+    except those given on the command line, by RESUMABLE_CHANGES' rules); then `check_args`, the script's checks."""
+    ckpt = None
+    if args.resume:
+        args, ckpt = load_for_resume(args, script, keys)
+    check_args(args)
+    return args, ckpt
 
 
 def setup_torch(seed: int, cuda: bool, torch_deterministic: bool, cudagraphs: bool, bf16: bool) -> torch.device:

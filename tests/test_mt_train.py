@@ -176,7 +176,7 @@ def test_nan_loss_stops_with_the_step_and_saves(monkeypatch):
     [
         (dict(env_ids=["dog-fly"]), "unknown task id.*dog-fly.*DMC_DOGS"),
         (dict(env_ids=["cartpole-balance", "DMC_TINY"]), "names a task twice"),
-        (dict(model_size="3M", critic_width=None), "unknown --model-size '3M'; choose one of 1M, 4M"),
+        (dict(model_size="3M", critic_width=None), "unknown --model-size .3M.; choose one of 1M, 4M"),
         (
             dict(env_ids=["cartpole-balance"], model_size="1B", critic_width=None, batch_size=1024),
             "smaller --model-size",
