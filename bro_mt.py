@@ -295,27 +295,6 @@ def make_critic(conditioning: str, obs_dim, action_dim, num_tasks, width, num_bi
     return Critic(obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim, conditioning=conditioning, bf16=bf16)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, conditioning=None):
-    """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
-    conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
-    with torch.device("meta"):
-        critic = make_critic(conditioning, obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim)
-        actor = Actor(obs_dim, action_dim, critic.embedding_dim)
-    ensemble = count_parameters(critic)
-    embedding = count_parameters(critic.task_embedding) if critic.task_embedding is not None else 0
-    member = (ensemble - embedding) // critic.members
-    return {
-        "critic_member": member,
-        "critic_ensemble": ensemble,
-        "task_embedding": embedding,
-        "actor": count_parameters(actor),
-    }
-
-
 # ---- Categorical projection (C51) ----
 def categorical_projection(target_atoms: torch.Tensor, probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Project a distribution with mass `probs` at positions `target_atoms` [batch, bins] onto `support` [bins].
@@ -449,10 +428,8 @@ def make_nets(args, conditioning, obs_dim, action_dim, num_tasks, width, device,
     target_critic.load_state_dict(critic.state_dict())
     target_critic.requires_grad_(False)
     log_alpha = torch.tensor(math.log(args.init_temperature), device=device, requires_grad=True)
-    rates = (args.learning_rate, args.weight_decay, args.alpha_lr)
-    return Nets(
-        critic, target_critic, actor, log_alpha, *make_optimizers(critic, actor, log_alpha, *rates, args.cudagraphs)
-    )
+    rates = (args.learning_rate, args.weight_decay, args.alpha_lr, args.cudagraphs)
+    return Nets(critic, target_critic, actor, log_alpha, *make_optimizers(critic, actor, log_alpha, *rates))
 
 
 def make_optimizers(critic, actor, log_alpha, lr, weight_decay, alpha_lr, capturable=False) -> tuple:
@@ -635,8 +612,7 @@ def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, s
 
 
 def evaluation_summary(env_ids: list, returns: np.ndarray, successes: np.ndarray) -> tuple[dict, dict, dict]:
-    """What an evaluation logs: the return per task, the mean return and, with MetaWorld tasks, their success rates
-    and its mean (the benchmark's score)."""
+    """What an evaluation logs: returns per task and their mean; MetaWorld's success rates and their mean."""
     metaworld = [i for i, task in enumerate(env_ids) if task.startswith("metaworld-")]
     summary, per_task = {"mean_return": returns.mean()}, {}
     if metaworld:
@@ -893,6 +869,27 @@ def run_config(args: Args, env_ids, width, conditioning, obs_dim, action_dim) ->
     config = {"env_ids": env_ids, "critic_width": width, "critic_loss": args.critic_loss}
     config |= {"task_conditioning": conditioning, "num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
     return config | {"obs_dim": obs_dim, "action_dim": action_dim}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_parameter_counts(obs_dim, action_dim, num_tasks, width, num_bins=101, embedding_dim=32, conditioning=None):
+    """Exact parameter counts, built on the meta device so that even the 1B preset allocates nothing."""
+    conditioning = conditioning or ("embedding" if num_tasks > 1 else "none")
+    with torch.device("meta"):
+        critic = make_critic(conditioning, obs_dim, action_dim, num_tasks, width, num_bins, embedding_dim)
+        actor = Actor(obs_dim, action_dim, critic.embedding_dim)
+    ensemble = count_parameters(critic)
+    embedding = count_parameters(critic.task_embedding) if critic.task_embedding is not None else 0
+    member = (ensemble - embedding) // critic.members
+    return {
+        "critic_member": member,
+        "critic_ensemble": ensemble,
+        "task_embedding": embedding,
+        "actor": count_parameters(actor),
+    }
 
 
 def replay_capacity(args: Args) -> int:
