@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -8,6 +9,13 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# torch.compile's on-disk cache does not key its kernels by ATEN_CPU_CAPABILITY: a run with the AVX2 kernels
+# (ATEN_CPU_CAPABILITY=avx2, as tests/test_kernels.py and the README's check use) would load kernels compiled for
+# AVX-512 by an earlier default run, and crash (a segfault, seen with torch 2.13). One cache per kernel set.
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    cache = f"torchinductor_{os.getuid()}_{os.environ['ATEN_CPU_CAPABILITY'].lower()}"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), cache))
 
 # Make `import bro_mt` (and the other top-level scripts) work from the tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
