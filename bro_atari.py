@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+from brc_utils import distributed
 from brc_utils import run as run_utils
 from brc_utils.atari import FRAME_SIZE, REFERENCE_SCORES, AtariGame, make_game_envs, resolve_env_ids
 
@@ -183,8 +184,8 @@ class EnsembleLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # .float(): under --bf16 the matmul before it ran in bfloat16, but the normalisation stays in float32
-        return F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        # under --bf16 the matmul before it ran in bfloat16, but the normalisation runs in the weights' float32
+        return F.layer_norm(x.to(self.weight.dtype), x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
     def extra_repr(self) -> str:
         return f"members={self.weight.shape[0]}, features={self.weight.shape[-1]}, eps={self.eps}"
@@ -368,6 +369,10 @@ def update(batch: Batch, q_network, target_network, optimizer, support, tau: flo
     loss, q_mean = critic_loss(q_network, target_network, batch, support)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # torchrun: each process's gradients -> their mean over the processes, weighted by each one's share of the global
+    # batch, so that every process takes the same step as one process on the union of the batches. The only place
+    # processes meet in an update; in one process it does nothing.
+    distributed.average_gradients(optimizer)
     optimizer.step()
     if tau:
         with torch.no_grad():
@@ -478,8 +483,9 @@ class ReplayBuffer:
     A game writes one entry per step plus a `last` one per truncation, so every game has its own cursor.
     """
 
-    def __init__(self, num_games: int, capacity: int, device):
+    def __init__(self, num_games: int, capacity: int, device, first_game: int = 0):
         self.num_games, self.capacity, self.device = num_games, capacity, torch.device(device)
+        self.first_game = first_game  # global id of the first game (torchrun: each process holds its own games)
         shape = (num_games, capacity)
         self.frames = torch.zeros(*shape, FRAME_SIZE, FRAME_SIZE, dtype=torch.uint8, device=device)
         self.actions = torch.zeros(shape, dtype=torch.uint8, device=device)
@@ -554,7 +560,7 @@ class ReplayBuffer:
         index = torch.where(self.last[games, index], (index - 1) % self.capacity, index)
         returns, bootstrap, next_index = self.n_step(games, index, n, gamma, scale.to(self.device)[games], clip)
         fields = (self.stacks(games, index), self.actions[games, index].long(), returns, bootstrap)
-        fields += (self.stacks(games, next_index), games)
+        fields += (self.stacks(games, next_index), games + self.first_game)
         return Batch(*(x.to(device, non_blocking=True) for x in fields))
 
     def _fields(self):
@@ -578,10 +584,9 @@ def push_frame(stack: np.ndarray, frame: np.ndarray):
     stack[-1] = frame
 
 
-def greedy_actions(q_network, stacks: np.ndarray, support, device) -> np.ndarray:
-    """argmax_a Q(s, a) for every game's current stack [games, 4, 84, 84]."""
+def greedy_actions(q_network, stacks: np.ndarray, game_ids: torch.Tensor, support, device) -> np.ndarray:
+    """argmax_a Q(s, a) for every game's current stack [games, 4, 84, 84]; `game_ids`: their global ids."""
     with torch.no_grad():
-        game_ids = torch.arange(len(stacks), device=device)
         return q_values(q_network(torch.as_tensor(stacks, device=device), game_ids), support).argmax(-1).cpu().numpy()
 
 
@@ -611,19 +616,23 @@ def score_summary(scores: dict) -> tuple[dict, dict]:
     return hns, summary
 
 
-def evaluate(q_network, envs, num_episodes, epsilon, support, device, seed, video_dir=None, stop=None) -> dict:
-    """Mean score of each game over `num_episodes` whole games (no life-loss terminals); games step in lockstep.
-    When `stop()` turns true (Ctrl-C), the evaluation ends after the current episode, with the mean so far."""
+def evaluate(
+    q_network, envs, game_ids, num_episodes, epsilon, support, device, seed, video_dir=None, stop=None
+) -> dict:
+    """Mean score of each game of `envs` (global ids `game_ids`) over `num_episodes` whole games (no life-loss
+    terminals); games step in lockstep. When `stop()` turns true (Ctrl-C), the evaluation ends after the current
+    episode, with the mean so far."""
     scores = np.zeros((len(envs), num_episodes))
     rng = np.random.default_rng(seed)  # evaluation's own epsilon-greedy exploration
     num_actions = envs[0].num_actions
     for episode in range(num_episodes):
-        first_frames = [env.reset(seed=seed + 1000 * i if episode == 0 else None) for i, env in enumerate(envs)]
+        ids = game_ids.tolist()
+        first_frames = [env.reset(seed=seed + 1000 * game if episode == 0 else None) for game, env in zip(ids, envs)]
         stacks = np.stack([np.repeat(frame[None], FRAME_STACK, 0) for frame in first_frames])
         done = np.zeros(len(envs), bool)
         frames = [[] for _ in envs]  # for the video
         while not done.all():
-            actions = greedy_actions(q_network, stacks, support, device)
+            actions = greedy_actions(q_network, stacks, game_ids, support, device)
             explore = rng.random(len(envs)) < epsilon
             actions = np.where(explore, rng.integers(num_actions, size=len(envs)), actions)
             for i, env in enumerate(envs):
@@ -663,6 +672,9 @@ def main(args: Args, make_env: Optional[Callable] = None):
     num_games = len(env_ids)
     width = args.critic_width or MODEL_SIZES[args.model_size]
     batch_size = args.batch_size or (256 if num_games > 1 else 64)
+    # torchrun: this process owns games [shard.first, shard.stop) and samples shard.batch_size of the batch; else all
+    shard = distributed.shard_tasks(num_games, batch_size, args.seed)
+    own_games = env_ids[shard.tasks]
     if make_env is None:  # several games share ALE's full 18-action set
         settings = dict(repeat_action_probability=args.repeat_action_probability, noop_max=args.noop_max)
         make_env = partial(
@@ -672,28 +684,29 @@ def main(args: Args, make_env: Optional[Callable] = None):
     num_actions = eval_envs[0].num_actions
     config = {"env_ids": env_ids, "critic_width": width, "encoder_width": args.encoder_width}
     config |= {"num_bins": args.num_bins, "embedding_dim": args.embedding_dim}
-    device, buffer_device, checkpoint_bytes = set_up_device(args, ckpt, config, eval_envs, batch_size)
-    rng = np.random.default_rng(args.seed)  # epsilon-greedy exploration
+    device, buffer_device, checkpoint_bytes = set_up_device(args, ckpt, config, eval_envs, shard)
+    rng = np.random.default_rng(shard.seed)  # epsilon-greedy exploration
 
     label = env_ids[0] if num_games == 1 else f"{num_games}games"
     with run_utils.Run("bro_atari.py", args, label, METRICS, device, ckpt, checkpoint_bytes) as run:
-        envs = make_game_envs(make_env, env_ids, args.seed, args.async_envs)
+        # game i's emulator is seeded with seed + i, whichever process owns it
+        envs = make_game_envs(make_env, own_games, args.seed + shard.first, args.async_envs)
         run.close_on_exit(envs)
         q_network, target_network, optimizer = make_networks(args, num_games, num_actions, width, device)
         support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-        rb = ReplayBuffer(num_games, args.buffer_size, buffer_device)
-        normalizer = RewardNormalizer(num_games, args.gamma)
+        rb = ReplayBuffer(shard.size, args.buffer_size, buffer_device, shard.first)
+        normalizer = RewardNormalizer(shard.size, args.gamma)
         first_frames = envs.reset()[0]  # [games, 84, 84]; the first stack repeats the first frame
         obs = np.repeat(first_frames[:, None], FRAME_STACK, 1)
-        loop = LoopState(global_step=0, obs=obs, first=np.ones(num_games, bool), episode_returns=np.zeros(num_games))
-        stateful = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
-        stateful |= {"normalizer": normalizer}  # with `loop`, envs, RNGs and replay: a checkpoint
-        first_update_step = run.restore_or_start(stateful, loop, rng, envs, rb, config)  # (--resume: loaded here)
+        loop = LoopState(0, obs, first=np.ones(shard.size, bool), episode_returns=np.zeros(shard.size))
+        shared = {"q_network": q_network, "target_network": target_network, "optimizer": optimizer}
+        own = {"normalizer": normalizer}  # with the networks, `loop`, envs, RNGs and replay: a checkpoint
+        first_update_step = run.restore_or_start(shared, own, loop, rng, envs, rb, config)  # --resume: loaded
 
         # Each game's reward divisor (G_bar / 10). Unlike bro_mt.py's it has no temperature term, so it changes only
         # when an episode ends (or while a game has finished none): learn() refreshes it then. The sampler applies it,
         # since an n-step return sums several rewards.
-        scale = torch.ones(num_games, device=device)
+        scale = torch.ones(shard.size, device=device)  # (of this process's games: they are all its batches hold)
         scale_stale = True  # refresh it before the next update (an episode ended, or the run (re)started)
         polyak_tau = 0.0 if args.target_network_frequency else args.tau
 
@@ -709,7 +722,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
                 scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
                 scale_stale = False
             for _ in range(args.updates_per_step):
-                batch = rb.sample(batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
+                batch = rb.sample(shard.batch_size, args.n_step, args.gamma, scale, args.clip_rewards, device)
                 run.add_metrics(update_step(batch))
 
         def progress_scalars() -> dict:
@@ -718,32 +731,33 @@ def main(args: Args, make_env: Optional[Callable] = None):
             epsilon = epsilon_schedule(step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end)
             scalars = {"charts/epsilon": epsilon}
             if not args.clip_rewards:
-                scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(env_ids, scale.tolist())}
+                scalars |= {f"charts/reward_scale/{game}": s for game, s in zip(own_games, scale.tolist())}
             return scalars
 
+        game_ids = torch.arange(shard.first, shard.stop, device=device)  # this process's games' global ids
         while loop.global_step < args.total_timesteps and not run.stop_requested:
             # -- act: epsilon-greedy (epsilon is 1 until learning starts) --
             epsilon = epsilon_schedule(
                 loop.global_step, args.learning_starts, args.epsilon_decay_steps, args.epsilon_end
             )
-            explore = rng.random(num_games) < epsilon
-            actions = rng.integers(num_actions, size=num_games)
+            explore = rng.random(shard.size) < epsilon
+            actions = rng.integers(num_actions, size=shard.size)
             if not explore.all():
-                actions = np.where(explore, actions, greedy_actions(q_network, loop.obs, support, device))
+                actions = np.where(explore, actions, greedy_actions(q_network, loop.obs, game_ids, support, device))
 
             # -- step envs -- (an emulator error or NaN stops the run, saved). With --async-envs the emulators run in
             # worker processes while learn() runs here, on the transitions up to the previous step (a one-step lag).
             overlapped_update = learn if args.async_envs and loop.global_step >= first_update_step else None
             next_frames, rewards, terminations, truncations, infos = run.step_envs_guarded(
-                envs, actions, loop.global_step, env_ids, while_stepping=overlapped_update
+                envs, actions, loop.global_step, own_games, while_stepping=overlapped_update
             )
 
             # -- record -- Where an episode ended, next_frames holds the next episode's first frame; the step's own
             # frame and info are in infos["final_obs"] and infos["final_info"].
             frames = loop.obs[:, -1].copy()  # entry t of the replay: the newest frame of s_t
-            terminal = np.zeros(num_games, bool)
+            terminal = np.zeros(shard.size, bool)
             ended = terminations | truncations
-            for i, game in enumerate(env_ids):
+            for i, game in enumerate(own_games):
                 life_lost = (infos["final_info"] if ended[i] else infos)["life_lost"][i]
                 terminal[i] = terminations[i] or (life_lost and args.terminal_on_life_loss)
                 normalizer.record(i, float(rewards[i]))
@@ -778,15 +792,17 @@ def main(args: Args, make_env: Optional[Callable] = None):
             if loop.global_step % args.eval_interval == 0 or loop.global_step == args.total_timesteps:
                 scores = evaluate(
                     q_network,
-                    eval_envs,
+                    eval_envs[shard.tasks],
+                    game_ids,
                     args.eval_episodes,
                     args.eval_epsilon,
                     support,
                     device,
                     args.seed + loop.global_step,
                     run.video_dir(loop.global_step),
-                    stop=lambda: run.stop_requested,
+                    stop=run.should_stop,
                 )
+                scores = shard.gather(scores)  # torchrun: every process's games, in order
                 hns, summary = score_summary(scores)
                 run.log_evaluation(loop.global_step, scores, summary, {"human_normalized": hns})
         return run.finish(loop.global_step)
@@ -832,11 +848,12 @@ def check_args(args: Args):
     run_utils.check_flags(args, FLAG_RANGES, problems)
 
 
-def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) -> tuple:
+def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.TaskShard) -> tuple:
     """Seed torch and pick the device; check a resumed checkpoint against `config`; print the games and model sizes;
     set the thread count; refuse up front what cannot fit in memory and warn about what will crawl. Returns the
     training device, the replay buffer's, and the size of a checkpoint (the run checks the disk for it)."""
-    device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
+    device = run_utils.setup_torch(shard.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
+    batch_size = shard.batch_size  # this process's part of the batch (all of it without torchrun)
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
     num_games, num_actions = len(eval_envs), eval_envs[0].num_actions
@@ -857,8 +874,9 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     print(
         f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
         f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
-        f"{counts['head']:,}, game embedding {counts['game_embedding']:,}); batch {batch_size}"
+        f"{counts['head']:,}, game embedding {counts['game_embedding']:,}); batch {shard.global_batch_size}"
     )
+    run_utils.describe_shards(shard, config["env_ids"])
     encoder_macs = 53e6 * (args.encoder_width / 16) ** 2  # one sample's convolutions (53M at Impala's width 16)
     update_gflop = 10 * batch_size * (encoder_macs + counts["head"]) / 1e9  # ~5 forward passes, 2 FLOP/MAC
     run_utils.set_threads(device, args.threads, update_gflop)

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+from brc_utils import distributed
 from brc_utils import run as run_utils
 from brc_utils.envs import make_env, make_task_envs, resolve_env_ids
 
@@ -179,8 +180,8 @@ class EnsembleLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # .float(): under --bf16 the matmul before it ran in bfloat16, but the normalisation stays in float32
-        return F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        # under --bf16 the matmul before it ran in bfloat16, but the normalisation runs in the weights' float32
+        return F.layer_norm(x.to(self.weight.dtype), x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
     def extra_repr(self) -> str:
         return f"members={self.weight.shape[0]}, features={self.weight.shape[-1]}, eps={self.eps}"
@@ -252,7 +253,7 @@ class Critic(nn.Module):
         x = torch.cat([obs, action, task_input], dim=-1)
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.head(self.trunk(x.expand(self.members, *x.shape)))  # [members, batch, num_bins]
-        return out.float()  # softmax, projection and loss in float32 (a no-op without --bf16)
+        return out.to(x.dtype)  # softmax, projection and loss in float32, not bfloat16 (a no-op without --bf16)
 
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0  # the actor's log-std range, as the released code
@@ -396,6 +397,10 @@ def update(batch, nets, action_masks, target_entropy, reward_scales, support, ga
     loss_q, q_mean = losses.critic(*critic_args, gamma)
     nets.critic_optimizer.zero_grad(set_to_none=True)
     loss_q.backward()
+    # torchrun: each process's gradients -> their mean over the processes, weighted by each one's share of the global
+    # batch, so that every process takes the same step as one process on the union of the batches. The only place
+    # processes meet in an update; in one process these calls do nothing.
+    distributed.average_gradients(nets.critic_optimizer)
     nets.critic_optimizer.step()
     with torch.no_grad():
         torch._foreach_lerp_(list(nets.target_critic.parameters()), list(nets.critic.parameters()), tau)
@@ -404,11 +409,13 @@ def update(batch, nets, action_masks, target_entropy, reward_scales, support, ga
     loss_pi, log_probs = actor_loss(*actor_args, losses.q_value)
     nets.actor_optimizer.zero_grad(set_to_none=True)
     loss_pi.backward(inputs=list(nets.actor.parameters()))  # through the critic, but gradients for the actor only
+    distributed.average_gradients(nets.actor_optimizer)
     nets.actor_optimizer.step()
 
     loss_alpha = temperature_loss(nets.log_alpha, log_probs, target_entropy[batch.task_ids])
     nets.alpha_optimizer.zero_grad(set_to_none=True)
     loss_alpha.backward()
+    distributed.average_gradients(nets.alpha_optimizer)
     nets.alpha_optimizer.step()
     return torch.stack([loss_q, loss_pi, loss_alpha, -log_probs.mean(), q_mean]).detach()
 
@@ -526,8 +533,9 @@ class ReplayBuffer:
     Sampling is uniform over (task, index) pairs. Raw rewards are stored; normalisation happens in the loss.
     """
 
-    def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, device):
+    def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int, device, first_task: int = 0):
         self.num_tasks, self.capacity, self.device = num_tasks, capacity, torch.device(device)
+        self.first_task = first_task  # global id of the first task (torchrun: each process holds its own tasks)
         shape = (num_tasks, capacity)
         self.obs = torch.zeros(*shape, obs_dim, device=device)
         self.actions = torch.zeros(*shape, action_dim, device=device)
@@ -551,7 +559,7 @@ class ReplayBuffer:
         task_ids = torch.randint(self.num_tasks, (batch_size,), device=self.device)
         index = torch.randint(self.size, (batch_size,), device=self.device)
         fields = [buf[task_ids, index].to(device, non_blocking=True) for buf in self._fields()]
-        return Batch(*fields, task_ids.to(device, non_blocking=True))
+        return Batch(*fields, (task_ids + self.first_task).to(device, non_blocking=True))
 
     def _fields(self):
         return self.obs, self.actions, self.rewards, self.next_obs, self.terminations
@@ -577,23 +585,25 @@ class ReplayBuffer:
 
 
 # ---- Evaluation ----
-def evaluate(actor, critic, envs, obs_dim, num_episodes, action_masks, device, seed, video_dir=None, stop=None):
+def evaluate(
+    actor, critic, envs, task_ids, obs_dim, num_episodes, action_masks, device, seed, video_dir=None, stop=None
+):
     """Mean return and success rate (the share of episodes with a success at any step; 0 for tasks that report
-    none) over `num_episodes` deterministic episodes per task; all tasks step in lockstep. When `stop()` turns true
-    (Ctrl-C), the evaluation ends after the current episode, with the means of the episodes played."""
+    none) over `num_episodes` deterministic episodes per task of `envs` (whose global ids are `task_ids`); all tasks
+    step in lockstep. When `stop()` turns true (Ctrl-C), the evaluation ends after the current episode, with the
+    means of the episodes played."""
     returns, successes = np.zeros((len(envs), num_episodes)), np.zeros((len(envs), num_episodes))
-    task_ids = torch.arange(len(envs), device=device)
     for episode in range(num_episodes):
         obs = np.zeros((len(envs), obs_dim), np.float32)
-        for i, env in enumerate(envs):
-            o, _ = env.reset(seed=seed + 1000 * i if episode == 0 else None)
+        for i, (env, task) in enumerate(zip(envs, task_ids.tolist())):
+            o, _ = env.reset(seed=seed + 1000 * task if episode == 0 else None)
             obs[i, : len(o)] = o
         done = np.zeros(len(envs), bool)
         frames = [[] for _ in envs]
         while not done.all():
             with torch.no_grad():
                 obs_t = torch.as_tensor(obs, device=device)
-                actions = actor.act(obs_t, critic.embed(task_ids), action_masks).cpu().numpy()
+                actions = actor.act(obs_t, critic.embed(task_ids), action_masks[task_ids]).cpu().numpy()
             for i, env in enumerate(envs):
                 if done[i]:
                     continue
@@ -713,6 +723,9 @@ def main(args: Args):
     num_tasks = len(env_ids)
     width = args.critic_width or MODEL_SIZES[args.model_size]
     batch_size = args.batch_size or (1024 if num_tasks > 1 else 256)
+    # torchrun: this process owns tasks [shard.first, shard.stop) and samples shard.batch_size of the batch; else all
+    shard = distributed.shard_tasks(num_tasks, batch_size, args.seed)
+    own_ids = env_ids[shard.tasks]
     eval_envs = [
         make_env(task, args.seed + 10_000 + i, args.max_episode_steps, metaworld_goals=args.metaworld_goals)
         for i, task in enumerate(env_ids)
@@ -726,22 +739,23 @@ def main(args: Args):
     if args.init_from:  # the new tasks are padded to the pretrained networks' sizes
         pretrained, obs_dim, action_dim = load_pretrained(args.init_from, config)
         config |= {"obs_dim": obs_dim, "action_dim": action_dim}
-    device, buffer_device, checkpoint_bytes = set_up_device(args, ckpt, config, eval_envs, batch_size)
+    device, buffer_device, checkpoint_bytes = set_up_device(args, ckpt, config, eval_envs, shard)
     action_masks, target_entropy = action_masks_and_target_entropy(action_sizes, action_dim, device)
-    rng = np.random.default_rng(args.seed)  # random actions before learning starts
+    rng = np.random.default_rng(shard.seed)  # random actions before learning starts
 
     label = env_ids[0] if num_tasks == 1 else f"{num_tasks}tasks"
     with run_utils.Run("bro_mt.py", args, label, METRICS, device, ckpt, checkpoint_bytes) as run:
         pad_to = (obs_dim, action_dim)
-        envs = make_task_envs(env_ids, args.seed, args.max_episode_steps, pad_to, args.metaworld_goals, args.async_envs)
+        seed = args.seed + shard.first  # task i's env is seeded with seed + i, whichever process owns it
+        envs = make_task_envs(own_ids, seed, args.max_episode_steps, pad_to, args.metaworld_goals, args.async_envs)
         run.close_on_exit(envs, *eval_envs)
         nets = make_nets(args, conditioning, obs_dim, action_dim, num_tasks, width, device, pretrained)
         support = torch.linspace(args.v_min, args.v_max, args.num_bins, device=device)
-        rb = ReplayBuffer(num_tasks, replay_capacity(args), obs_dim, action_dim, buffer_device)
-        normalizer = RewardNormalizer(num_tasks, args.gamma)
-        loop = LoopState(global_step=0, obs=envs.reset()[0], episode_returns=np.zeros(num_tasks))
-        stateful = nets._asdict() | {"normalizer": normalizer}  # with `loop`, envs, RNGs and replay: a checkpoint
-        first_update_step = run.restore_or_start(stateful, loop, rng, envs, rb, config)  # (--resume: loaded here)
+        rb = ReplayBuffer(shard.size, replay_capacity(args), obs_dim, action_dim, buffer_device, shard.first)
+        normalizer = RewardNormalizer(shard.size, args.gamma)
+        loop = LoopState(global_step=0, obs=envs.reset()[0], episode_returns=np.zeros(shard.size))
+        own = {"normalizer": normalizer}  # with nets, `loop`, envs, RNGs and replay: a checkpoint
+        first_update_step = run.restore_or_start(nets._asdict(), own, loop, rng, envs, rb, config)  # --resume: loaded
 
         # Each task's reward divisor, changed in place (a CUDA graph reads it from a fixed address); None: raw rewards.
         reward_scales = torch.ones(num_tasks, device=device) if args.reward_norm else None
@@ -758,41 +772,44 @@ def main(args: Args):
             """-- update --: this step's reward scales (with the temperature before its updates), then
             `updates_per_step` updates on fresh batches. The scales are refreshed every step, since they include
             the temperature, which every update changes (bro_atari.py's have no such term: it refreshes them less)."""
-            if args.reward_norm:
+            if args.reward_norm:  # (of this process's tasks: they are all its batches hold)
                 g_bar = torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32, device=device)
-                reward_scales.copy_(reward_scale(g_bar, nets.log_alpha.detach().exp(), target_entropy, args.gamma))
+                alpha = nets.log_alpha.detach().exp()
+                reward_scales[shard.tasks] = reward_scale(g_bar, alpha, target_entropy[shard.tasks], args.gamma)
             for _ in range(args.updates_per_step):
-                run.add_metrics(update_step(rb.sample(batch_size, device)))
+                run.add_metrics(update_step(rb.sample(shard.batch_size, device)))
 
         def progress_scalars() -> dict:
             """The progress line's values besides the losses: the temperature and the reward scales last used."""
             scalars = {"charts/alpha": nets.log_alpha.exp().item()}
             if args.reward_norm:
-                scalars |= {f"charts/reward_scale/{t}": s for t, s in zip(env_ids, reward_scales.tolist())}
+                scales = reward_scales[shard.tasks].tolist()
+                scalars |= {f"charts/reward_scale/{task}": scale for task, scale in zip(own_ids, scales)}
             return scalars
 
-        task_ids = torch.arange(num_tasks, device=device)
-        random_action_mask = action_masks.cpu().numpy()
+        task_ids = torch.arange(shard.first, shard.stop, device=device)  # this process's tasks' global ids
+        own_masks = action_masks[task_ids]
+        random_action_mask = own_masks.cpu().numpy()
         while loop.global_step < args.total_timesteps and not run.stop_requested:
             # -- act --
             if loop.global_step < args.learning_starts:
-                actions = rng.uniform(-1, 1, (num_tasks, action_dim)).astype(np.float32) * random_action_mask
+                actions = rng.uniform(-1, 1, (shard.size, action_dim)).astype(np.float32) * random_action_mask
             else:
                 with torch.no_grad():
                     obs = torch.as_tensor(loop.obs, device=device)
-                    actions = nets.actor.sample(obs, nets.critic.embed(task_ids), action_masks)[0].cpu().numpy()
+                    actions = nets.actor.sample(obs, nets.critic.embed(task_ids), own_masks)[0].cpu().numpy()
 
             # -- step envs -- (a simulator error or NaN stops the run, saved). With --async-envs the simulators run in
             # worker processes while learn() runs here, on the transitions up to the previous step (a one-step lag).
             overlapped_update = learn if args.async_envs and loop.global_step >= first_update_step else None
             next_obs, rewards, terminations, truncations, infos = run.step_envs_guarded(
-                envs, actions, loop.global_step, env_ids, while_stepping=overlapped_update
+                envs, actions, loop.global_step, own_ids, while_stepping=overlapped_update
             )
 
             # -- record -- Where an episode ended, next_obs is already the next episode's first observation (the
             # vector env resets it); the true last one is in infos["final_obs"], the last step's info in "final_info".
             real_next_obs = next_obs.copy()
-            for i, task in enumerate(env_ids):
+            for i, task in enumerate(own_ids):
                 normalizer.record(i, float(rewards[i]))
                 loop.episode_returns[i] += rewards[i]
                 if terminations[i] or truncations[i]:
@@ -821,15 +838,17 @@ def main(args: Args):
                 returns, successes = evaluate(
                     nets.actor,
                     nets.critic,
-                    eval_envs,
+                    eval_envs[shard.tasks],
+                    task_ids,
                     obs_dim,
                     args.eval_episodes,
                     action_masks,
                     device,
                     args.seed + loop.global_step,
                     run.video_dir(loop.global_step),
-                    stop=lambda: run.stop_requested,
+                    stop=run.should_stop,
                 )
+                returns, successes = shard.gather((returns, successes))  # torchrun: every process's tasks, in order
                 run.log_evaluation(loop.global_step, *evaluation_summary(env_ids, returns, successes))
         return run.finish(loop.global_step)
 
@@ -898,11 +917,12 @@ def replay_capacity(args: Args) -> int:
     return min(args.buffer_size, args.total_timesteps)
 
 
-def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) -> tuple:
+def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.TaskShard) -> tuple:
     """Seed torch and pick the device; check a resumed checkpoint against `config`; print the tasks and model sizes;
     set the thread count; refuse up front what cannot fit in memory and warn about what will crawl. Returns the
     training device, the replay buffer's, and the size of a checkpoint (the run checks the disk for it)."""
-    device = run_utils.setup_torch(args.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
+    device = run_utils.setup_torch(shard.seed, args.cuda, args.torch_deterministic, args.cudagraphs, args.bf16)
+    batch_size = shard.batch_size  # this process's part of the batch (all of it without torchrun)
     if ckpt:
         run_utils.check_config(args.resume, ckpt["config"], config)
     num_tasks, width = len(eval_envs), config["critic_width"]
@@ -916,11 +936,17 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     replay = f"({num_tasks} tasks x {replay_capacity(args):,} transitions)"
     tasks = ", ".join(f"{env.env_id} (obs {env.obs_size}, act {env.action_size})" for env in eval_envs)
     print(f"tasks ({num_tasks}): {tasks}")
-    print(
-        f"critic width {width} ({args.model_size if not args.critic_width else 'custom'}): "
-        f"{counts['critic_member']:,} parameters per member, {counts['critic_ensemble']:,} for the ensemble of "
-        f"{ENSEMBLE_SIZE} (task embedding {counts['task_embedding']:,}); actor {counts['actor']:,}; batch {batch_size}"
+    preset = (
+        f"--model-size {args.model_size}: the paper's ~{args.model_size} per critic"
+        if not args.critic_width
+        else "custom"
     )
+    print(
+        f"critic width {width} ({preset}): {counts['critic_member']:,} parameters per member, "
+        f"{counts['critic_ensemble']:,} for the ensemble of {ENSEMBLE_SIZE} (task embedding "
+        f"{counts['task_embedding']:,}); actor {counts['actor']:,}; batch {shard.global_batch_size}"
+    )
+    run_utils.describe_shards(shard, config["env_ids"])
     update_gflop = 13 * ENSEMBLE_SIZE * batch_size * counts["critic_member"] / 1e9  # ~6.5 forward passes, 2 FLOP/MAC
     run_utils.set_threads(device, args.threads, update_gflop)
     smaller = "--model-size or --batch-size"

@@ -17,6 +17,7 @@ in `cleanrl_utils`), so that each script reads top to bottom as the algorithm:
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import fcntl
 import glob
@@ -36,6 +37,8 @@ from typing import Callable, Optional
 import gymnasium as gym
 import numpy as np
 import torch
+
+from brc_utils import distributed
 
 
 # ---- Flags, device and memory ----
@@ -115,6 +118,8 @@ class RunArgs:
     """step each task's environment in a worker process during the update (updates then lag one step behind)"""
     threads: Optional[int] = None
     """CPU threads for torch (None: automatic, 1 for small updates, else one per core or OMP_NUM_THREADS)"""
+    dist_timeout: float = 1800.0
+    """(torchrun) seconds a process waits for the others at a collective before it stops the run with an error"""
 
 
 # Checked by check_flags together with each script's FLAG_RANGES. Seeds stop at 2**31 - 1, although NumPy and MuJoCo
@@ -122,7 +127,7 @@ class RunArgs:
 # seed + step + 1000 * task, and those must stay below 2**32 too.
 RUN_FLAG_RANGES = {
     "seed": Range(0, 2**31 - 1), "save_every": Range(0), "save_minutes": Range(0, inf_ok=True),
-    "log_interval": Range(1), "threads": Range(1),
+    "log_interval": Range(1), "threads": Range(1), "dist_timeout": Range(0, low_open=True),
 }  # fmt: skip
 EXP_NAME = re.compile(r"[A-Za-z0-9._+-]{1,100}")  # --exp-name: part of a folder name, never a path
 
@@ -167,6 +172,7 @@ def check_flags(args, ranges: dict, problems: Optional[list] = None):
 def load_flags(args, script: str, keys: set, check_args: Callable) -> tuple:
     """The flags to run with and, with --resume, the checkpoint (load_for_resume: a resumed run keeps its own flags,
     except those given on the command line, by RESUMABLE_CHANGES' rules); then `check_args`, the script's checks."""
+    distributed.init(args.dist_timeout, args.cuda, args.cudagraphs)  # torchrun: join the other processes
     ckpt = None
     if args.resume:
         args, ckpt = load_for_resume(args, script, keys)
@@ -228,6 +234,18 @@ def gib(num_bytes: float) -> str:
 
 def size_text(num_bytes: float) -> str:
     return gib(num_bytes) if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def describe_shards(shard, task_names: list):
+    """torchrun: print which tasks each process owns and how much of each batch it samples (every process calls it)."""
+    if shard.world_size == 1:
+        return
+    parts = distributed.gather_objects((shard.first, shard.stop, shard.batch_size))
+    print(f"torchrun: {shard.world_size} processes, each with its own tasks; the weights are shared")
+    for process, (first, stop, batch) in enumerate(parts):
+        names = ", ".join(task_names[first:stop])
+        ids = f"tasks {first}-{stop - 1}" if stop - first > 1 else f"task {first}"
+        print(f"  process {process}: {ids} ({names}), {batch} samples of each batch")
 
 
 def place_replay_buffer(device, model_bytes: int, buffer_bytes: int, smaller: str, replay: str):
@@ -395,6 +413,26 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def rate_text(steps_per_second: float) -> str:
+    """A step rate as people read it: "41.3 steps/s", or "2.5 s/step" when a step takes longer than a second."""
+    if steps_per_second >= 1 or steps_per_second <= 0:
+        return f"{steps_per_second:,.1f} steps/s"
+    return f"{1 / steps_per_second:,.1f} s/step"
+
+
+class NullWriter:
+    """The TensorBoard writer of a process other than rank 0 under torchrun: rank 0 writes for all."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def add_text(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 class Run:
     """One training run's plumbing: its folder under runs/, the TensorBoard (and --track: wandb) writer, the progress
     line, interval means of the update's metrics, the NaN guard, checkpoints and Ctrl-C / SIGTERM / SIGHUP.
@@ -421,23 +459,31 @@ class Run:
         self.script, self.args, self.metric_names, self.total_steps = script, args, metric_names, args.total_timesteps
         self.device, self.resume_from = device, resume
         self.resumed = resume is not None
-        if resume is None:
-            self.name = new_run_dir(f"{label}__{args.exp_name}__{args.seed}__{int(time.time())}")
-        else:
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()  # torchrun; else 0 and 1
+        self.leader = self.rank == 0  # the process that owns the run folder's lock, the logs and the progress line
+        if resume is not None:
             self.name = resume["run_name"]
+        elif self.leader:
+            utc = datetime.datetime.fromtimestamp(time.time(), datetime.timezone.utc)
+            started = utc.strftime("%Y%m%d-%H%M%S")  # the UTC date and time: sorts as it reads
+            self.name = new_run_dir(f"{label}__{args.exp_name}__{args.seed}__{started}")
+        self.name = distributed.broadcast_object(self.name if self.leader else None)
         self.dir = os.path.join("runs", self.name)
         self.checkpoint_path = os.path.join(self.dir, "checkpoint.pt")
-        self.lock = lock_run_dir(self.dir)  # held till exit: one process at a time continues a run folder
-        remove_stale_temporaries(self.dir)
-        if checkpoint_bytes is not None:
+        self.lock = lock_run_dir(self.dir) if self.leader else None  # held till exit: one run per folder at a time
+        if self.leader:
+            remove_stale_temporaries(self.dir)
+        if checkpoint_bytes is not None and self.leader:
             check_checkpoint_space(self.dir, checkpoint_bytes)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(self.dir, purge_step=resume["global_step"] if resume else None)
-        hyperparameters = vars(args) | {"torch_threads": torch.get_num_threads()}
+        purge_step = resume["global_step"] if resume else None
+        self.writer = SummaryWriter(self.dir, purge_step=purge_step) if self.leader else NullWriter()
+        self.pending_logs = []  # (tag, value, step) logged by a process other than rank 0, sent at the next line
+        hyperparameters = vars(args) | {"torch_threads": torch.get_num_threads(), "processes": self.world_size}
         table = "\n".join(f"|{key}|{value}|" for key, value in hyperparameters.items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-        if args.track:
+        if args.track and self.leader:
             import wandb
 
             wandb.init(
@@ -447,7 +493,7 @@ class Run:
         self.metrics_sum = torch.zeros(len(metric_names), device=device)  # summed over the interval's updates
         self.metrics_count = 0
         self.last_progress = (resume["global_step"] if resume else 0, time.time())  # (step, time) of the last line
-        self.started = self.stop_requested = False
+        self.started = self.signalled = self.agreed_stop = False  # signalled: this process; agreed: all (torchrun)
         self.started_at, self.last_evaluation = None, None  # for the summary at the end
         self.signal_time = None  # when the first Ctrl-C / SIGTERM / SIGHUP came
         self.last_save = time.time()
@@ -474,7 +520,7 @@ class Run:
         self.signal_time = now
         if not self.started:
             raise SystemExit(f"{name} during set-up: stopped before training, nothing to save")
-        self.stop_requested = True
+        self.signalled = True
         print(
             f"{name}: stopping after this step to save a checkpoint (Ctrl-C again, a second from now or later, quits "
             "without saving)",
@@ -491,9 +537,16 @@ class Run:
         """Where --capture-video puts the videos of the evaluation at `step` (None without the flag)."""
         return os.path.join(self.dir, "videos", f"step{step}") if self.args.capture_video else None
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the loop stops after this step: Ctrl-C / SIGTERM / SIGHUP asked for it. With torchrun, all
+        processes stop at the same step: a signal to any of them counts from the step at which end_of_step's
+        agreement saw it (torchrun forwards a Ctrl-C to all, but not every signal reaches every process)."""
+        return self.agreed_stop or (self.signalled and self.world_size == 1)
+
     def should_stop(self) -> bool:
-        """Whether Ctrl-C / SIGTERM / SIGHUP asked the run to stop (long loops such as an evaluation poll it)."""
-        return self.stop_requested
+        """Whether a signal asked this process to stop (long loops such as an evaluation poll it and end early)."""
+        return self.signalled
 
     def start(self):
         """The training loop starts: signals now stop it after a step, and the progress clock starts here."""
@@ -503,37 +556,71 @@ class Run:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, error, traceback):
         for resource in self.resources:
             resource.close()
         for s, handler in self.previous_handlers.items():
             signal.signal(s, handler)
         self.writer.close()
-        if self.args.track:
+        if self.args.track and self.leader:
             import wandb
 
             wandb.finish()
-        self.lock.close()
-        if not self.started and not self.resumed:  # stopped or refused during set-up: nothing was trained
+        if self.lock is not None:
+            self.lock.close()
+        if not self.started and not self.resumed and self.leader:  # stopped or refused in set-up: nothing trained
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self.world_size > 1 and error is not None:  # say which process stopped, and why
+            last = self.checkpoint_path if os.path.exists(self.checkpoint_path) else "none yet"
+            if distributed.is_collective_error(error):
+                raise SystemExit(distributed.lost_contact(error, getattr(self, "step", None), last)) from None
+            if isinstance(error, SystemExit) and isinstance(error.code, str):
+                raise SystemExit(f"rank {self.rank}: {error.code}") from None
 
     def log(self, scalars: dict, step: int):
+        """Write scalars to TensorBoard at `step`. With torchrun, what other processes log reaches rank 0, which writes
+        everything, at the next progress line or evaluation."""
+        for tag, value in scalars.items():
+            if self.leader:
+                self.writer.add_scalar(tag, value, step)
+            else:
+                self.pending_logs.append((tag, float(value), step))
+
+    def _write(self, scalars: dict, step: int):
+        """Write what every process has the same of (progress, evaluation): rank 0 alone writes it."""
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
+
+    def _collect_logs(self):
+        """torchrun: write on rank 0 what every other process logged since the last time (all processes call it)."""
+        if self.world_size == 1:
+            return
+        for logs in distributed.gather_objects(self.pending_logs)[1:]:
+            for tag, value, step in logs:
+                self.writer.add_scalar(tag, value, step)
+        self.pending_logs = []
 
     def add_metrics(self, metrics: torch.Tensor):
         """Add one update's metrics (a tensor; no host sync)."""
         self.metrics_sum.add_(metrics)
         self.metrics_count += 1
 
+    def has_nonfinite_loss(self) -> bool:
+        """Whether an update of this interval produced a non-finite loss (one host sync per step)."""
+        return bool(self.metrics_count) and not bool(torch.isfinite(self.metrics_sum).all())
+
+    def stop_on_nonfinite_loss(self, step: int, checkpoint: Callable[[], dict]):
+        """Stop the run, with its state saved (by every process, under torchrun), after a non-finite loss."""
+        means = {name: value for name, value in zip(self.metric_names, self.metrics_sum.tolist())}
+        means = {name: value / max(self.metrics_count, 1) for name, value in means.items()}
+        path = self._save_everywhere(f"nan_step{step}", checkpoint)
+        where = "on this process" if self.has_nonfinite_loss() else "on another process"
+        raise SystemExit(f"non-finite loss at step {step} {where} (interval means: {means}); state saved to {path}")
+
     def check_finite(self, step: int, checkpoint: Callable[[], dict]):
-        """Stop the run, with its state saved, once an update produced a non-finite loss (one host sync per step)."""
-        if self.metrics_count and not torch.isfinite(self.metrics_sum).all():
-            path = self._path_to_write(f"nan_step{step}")
-            save_checkpoint(path, checkpoint())
-            means = {name: value for name, value in zip(self.metric_names, self.metrics_sum.tolist())}
-            means = {name: value / self.metrics_count for name, value in means.items()}
-            raise SystemExit(f"non-finite loss at step {step} (interval means: {means}); state saved to {path}")
+        """One process: stop the run, with its state saved, once an update produced a non-finite loss."""
+        if self.has_nonfinite_loss():
+            self.stop_on_nonfinite_loss(step, checkpoint)
 
     def progress_due(self, step: int) -> bool:
         """A progress line is due every --log-interval steps, and at least once a minute when steps are slow (unless
@@ -552,15 +639,24 @@ class Run:
         now = time.time()
         elapsed = max(now - self.last_progress[1], 1e-9)
         sps = (step - self.last_progress[0]) / elapsed
-        self.log({"charts/SPS": sps, "charts/updates_per_second": self.metrics_count / elapsed}, step)
-        line = f"step {step:,}/{self.total_steps:,} | {sps:.1f} steps/s"
+        self._write({"charts/SPS": sps, "charts/updates_per_second": self.metrics_count / elapsed}, step)
+        line = f"step {step:,}/{self.total_steps:,} | {rate_text(sps)}"
+        if self.world_size > 1:  # every process steps its own tasks, all at this rate
+            line += f" on {self.world_size} processes"
+            self.metrics_sum = distributed.weighted_sum(self.metrics_sum)  # the losses on the whole global batch
+            scalars = {k: v for process in distributed.gather_objects(scalars) for k, v in process.items()}
+            self._collect_logs()
         if self.metrics_count:
             self.learning_since = self.learning_since or self.last_progress  # (step, time) the updates started near
             learning_sps = (step - self.learning_since[0]) / max(now - self.learning_since[1], 1e-9)
             eta = (self.total_steps - step) / max(learning_sps, 1e-9)
-            line += f" | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m" if learning_sps else " | ETA at the next line"
+            line += (
+                f" | ETA {eta // 3600:.0f}h{eta % 3600 // 60:02.0f}m"
+                if learning_sps
+                else " | ETA from the next line on"
+            )
             values = dict(zip(self.metric_names, (self.metrics_sum / self.metrics_count).tolist())) | scalars
-            self.log(values, step)
+            self._write(values, step)
             line += " | " + summary.format_map(values)
             self.metrics_sum.zero_()
             self.metrics_count = 0
@@ -571,12 +667,14 @@ class Run:
 
     def log_evaluation(self, step: int, returns: dict, summary: dict, per_task: Optional[dict] = None):
         """Log and print an evaluation: `returns` per task as eval/return/{task}, `summary` values as eval/{name}, and
-        each `per_task` metric (a dict by task, e.g. human_normalized) as eval/{metric}/{task}, printed in brackets."""
-        self.log({f"eval/return/{task}": value for task, value in returns.items()}, step)
-        self.log({f"eval/{name}": value for name, value in summary.items()}, step)
+        each `per_task` metric (a dict by task, e.g. human_normalized) as eval/{metric}/{task}, printed in brackets.
+        With torchrun every process calls it with the gathered results of all tasks; rank 0 writes them."""
+        self._collect_logs()
+        self._write({f"eval/return/{task}": value for task, value in returns.items()}, step)
+        self._write({f"eval/{name}": value for name, value in summary.items()}, step)
         notes = {task: "" for task in returns}
         for metric, values in (per_task or {}).items():
-            self.log({f"eval/{metric}/{task}": value for task, value in values.items()}, step)
+            self._write({f"eval/{metric}/{task}": value for task, value in values.items()}, step)
             notes |= {task: f"{notes[task]} ({value:.2f})" for task, value in values.items()}
         summary_text = " ".join(f"{name} {value:.3f}" for name, value in summary.items())
         per_task_text = " ".join(f"{task} {value:.1f}{notes[task]}" for task, value in returns.items())
@@ -595,12 +693,13 @@ class Run:
         and say so in one line. Checkpoints that were there before this process, such as the one a resumed run
         started from, are never overwritten or removed (a step file of the same name goes beside it, with a '+');
         of its own, the process keeps only the latest. A failed save (a full disk, say) leaves the last good
-        checkpoint as it was: a warning while the run goes on, an error at the end."""
+        checkpoint as it was: a warning while the run goes on, an error at the end. With torchrun every process calls
+        it at the same step (see _save_everywhere)."""
         start, self.last_save = time.time(), time.time()
-        path = self._path_to_write(f"checkpoint_step{step}")
         try:
-            save_checkpoint(path, checkpoint())
-            self._point_latest_at(path)
+            path = self._save_everywhere(f"checkpoint_step{step}", checkpoint)
+            if self.leader:
+                self._point_latest_at(path)
         except (CheckpointError, OSError) as error:
             last = self.checkpoint_path if os.path.exists(self.checkpoint_path) else "none"
             message = f"checkpoint at step {step:,} NOT saved: {error}. The last good checkpoint: {last}"
@@ -608,15 +707,52 @@ class Run:
                 raise SystemExit(message)
             print(f"warning: {message}; the run goes on and tries again at the next save", flush=True)
             return False
-        for old in self.saved - {path}:
+        mine = {path if self.leader else distributed.shard_file(path, self.rank)}
+        for old in self.saved - mine:
             if os.path.exists(old):
                 os.remove(old)
-        self.saved, self.saved_step = {path}, step
+        self.saved, self.saved_step = mine, step
         size = os.path.getsize(path) / 2**20
+        shards = f" and {self.world_size - 1} process shard(s) beside it" if self.world_size > 1 else ""
         print(
-            f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB, {time.time() - start:.1f} s)"
+            f"checkpoint saved at step {step:,}: {self.checkpoint_path} ({size:,.1f} MiB{shards}, "
+            f"{time.time() - start:.1f} s)"
         )
         return True
+
+    def _save_everywhere(self, stem: str, checkpoint: Callable[[], dict]) -> str:
+        """Write runs/{name}/{stem}.pt (or {stem}+.pt, see _path_to_write) and return its path. One process: the whole
+        state in it. torchrun: every process calls this at the same step; each process but rank 0 writes its shard
+        (its envs, replay, normaliser, RNGs and loop variables) to {stem}.rank{r}.pt; once all are written, rank 0
+        writes the main file: the shared weights and optimisers once, its own shard, and each shard file's name and
+        checksum. The main file commits the checkpoint: a save cut short leaves the previous one whole."""
+        path = distributed.broadcast_object(self._path_to_write(stem) if self.leader else None)
+        state = checkpoint()
+        if self.world_size == 1:
+            save_checkpoint(path, state)
+            return path
+        shard, outcome = None, None
+        try:
+            if not self.leader:
+                own = {key: state[key] for key in self.process_keys}
+                shard_path = distributed.shard_file(path, self.rank)
+                shard = (os.path.basename(shard_path), save_checkpoint(shard_path, own | {"rank": self.rank}))
+        except (CheckpointError, OSError) as error:
+            outcome = f"rank {self.rank}: {error}"
+        shards = distributed.gather_objects(outcome or shard)
+        if self.leader:
+            failed = [s for s in shards[1:] if isinstance(s, str)]
+            try:
+                if failed:
+                    raise CheckpointError("; ".join(failed))
+                state |= {"world_size": self.world_size, "shards": [{"file": f, "checksum": c} for f, c in shards[1:]]}
+                save_checkpoint(path, state)
+            except (CheckpointError, OSError) as error:
+                outcome = str(error)
+        outcome = distributed.broadcast_object(outcome if self.leader else None)
+        if outcome is not None:
+            raise CheckpointError(outcome)
+        return path
 
     def _point_latest_at(self, path: str):
         """Make checkpoint.pt the checkpoint at `path`: a hard link (no second copy on the disk), or a copy where the
@@ -636,14 +772,26 @@ class Run:
     def finish(self, step: int, checkpoint: Optional[Callable[[], dict]] = None) -> str:
         """Save the final (or the stopped run's) checkpoint, unless a periodic save at this very step holds it
         already, and say how to continue; returns its path. `checkpoint` defaults to what restore_or_start named."""
+        self._collect_logs()
         if step != self.saved_step:
             self.save(step, checkpoint or self.checkpoint, final=True)
         if self.stop_requested:
-            print(f"stopped at step {step:,}; continue with: python {self.script} --resume {self.checkpoint_path}")
+            print(f"stopped at step {step:,}; continue with: {self.command()} --resume {self.checkpoint_path}")
         else:
             print(f"done: {step:,} steps")
         self._print_summary(step)
         return self.checkpoint_path
+
+    def command(self) -> str:
+        """How this run was launched: `python bro_mt.py`, or torchrun with the same number of processes (a resume
+        needs the same number)."""
+        if self.world_size == 1:
+            return f"python {self.script}"
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        if per_node == self.world_size:
+            return f"torchrun --standalone --nproc-per-node {per_node} {self.script}"
+        nodes = self.world_size // per_node
+        return f"torchrun --nnodes {nodes} --nproc-per-node {per_node} --rdzv-backend c10d --rdzv-endpoint HOST:PORT {self.script}"
 
     def _print_summary(self, step: int):
         """The end of a run in a few lines: the last evaluation, the wall time, where everything is, what to run next."""
@@ -657,7 +805,7 @@ class Run:
         if self.args.capture_video:
             lines.append(f"  videos:      {os.path.join(self.dir, 'videos')}/")
         more = "" if self.stop_requested else f" --total-timesteps {2 * self.total_steps}"
-        lines.append(f"  continue:    python {self.script} --resume {self.dir}{more}")
+        lines.append(f"  continue:    {self.command()} --resume {self.dir}{more}")
         print("\n".join(lines), flush=True)
 
     def guard_envs(self, step: int, tasks: list, checkpoint: Callable[[], dict], env_step: Callable, *args):
@@ -692,7 +840,8 @@ class Run:
             stem += "+"
 
     def _save_for_inspection(self, step: int, checkpoint: Callable[[], dict], kind: str) -> str:
-        path = self._path_to_write(f"{kind}_step{step}")
+        """Save this process's whole state (with torchrun, without waiting for the others: {kind}_step{N}.rank{r}.pt)."""
+        path = self._path_to_write(f"{kind}_step{step}" + (f".rank{self.rank}" if self.world_size > 1 else ""))
         try:
             save_checkpoint(path, checkpoint())
             return f"state saved to {path} for inspection (the last regular checkpoint: {self.checkpoint_path})"
@@ -700,19 +849,23 @@ class Run:
             return f"the state could not be saved ({error}); the last regular checkpoint: {self.checkpoint_path}"
 
     # -- The training loop's plumbing: one call per phase, so that each script's loop reads as the algorithm --
-    def restore_or_start(self, stateful: dict, loop, rng, envs, replay_buffer, config: dict) -> int:
+    def restore_or_start(self, shared: dict, own: dict, loop, rng, envs, replay_buffer, config: dict) -> int:
         """Name what every checkpoint holds and, on --resume, load it back now; then start the loop's clock.
 
-        `stateful`: objects saved through their state_dict (networks, optimisers, the reward normaliser) or as
-        tensors (the temperature); `loop`: the dataclass of the loop's own variables (step, observations, running
-        returns), saved field by field; `rng`: the NumPy generator of the loop; `envs`: the vector env, whose
-        simulators' states are saved; `replay_buffer`: saved with --save-buffer; `config`: what a resume must match.
-        Returns the step of the first update: --learning-starts, or later on a resume whose checkpoint holds no
-        replay buffer (the buffer refills first)."""
-        save_buffer = self.args.save_buffer
+        `shared`: what every process holds the same (networks, optimisers, the temperature), saved through their
+        state_dict or as tensors; `own`: this process's objects with a state_dict (the reward normaliser); `loop`: the
+        dataclass of the loop's own variables (step, observations, running returns), saved field by field; `rng`:
+        the NumPy generator of the loop; `envs`: the vector env, whose simulators' states are saved;
+        `replay_buffer`: saved with --save-buffer; `config`: what a resume must match. With torchrun, `own`, `loop`,
+        `rng`, `envs` and `replay_buffer` are this process's shard (see _save_everywhere), and rank 0's `shared`
+        weights are copied to every process. Returns the step of the first update: --learning-starts, or later on
+        a resume whose checkpoint holds no replay buffer (the buffer refills first)."""
+        save_buffer, stateful = self.args.save_buffer, shared | own
+        loop_fields = [f.name for f in dataclasses.fields(loop)]
+        self.process_keys = {*own, *loop_fields, "rng", "envs", "replay_buffer"} - {"global_step"}
 
         def checkpoint() -> dict:
-            fields = {f.name: getattr(loop, f.name) for f in dataclasses.fields(loop)}
+            fields = {name: getattr(loop, name) for name in loop_fields}
             buffer = replay_buffer.state_dict() if save_buffer else None
             envs_state = list(envs.get_attr("state"))
             return checkpoint_state(
@@ -732,10 +885,11 @@ class Run:
         if self.resume_from is not None:
             ckpt = self.resume_from
             restore_state(ckpt, stateful, rng, self.device, envs)
-            for f in dataclasses.fields(loop):
-                value = ckpt[f.name]
-                setattr(loop, f.name, value.numpy().copy() if isinstance(value, torch.Tensor) else value)
+            for name in loop_fields:
+                value = ckpt[name]
+                setattr(loop, name, value.numpy().copy() if isinstance(value, torch.Tensor) else value)
             first_update_step = restore_replay(ckpt, replay_buffer, self.args.learning_starts)
+        distributed.broadcast_state(shared)
         self.start()
         return first_update_step
 
@@ -745,6 +899,7 @@ class Run:
         With `while_stepping` (--async-envs), the actions go to the worker processes, `while_stepping()` (the update)
         runs here while they simulate, and then the results are collected. A simulator error or a non-finite
         observation or reward stops the run, naming the task, with the state saved for inspection (guard_envs)."""
+        self.step = step
         if while_stepping is None:
             return self.guard_envs(step, tasks, self.checkpoint, envs.step, actions)
         envs.step_async(actions)
@@ -753,11 +908,25 @@ class Run:
 
     def end_of_step(self, step: int, progress_scalars: Callable[[], dict], summary: str):
         """After each step: stop the run, saved, if an update produced a non-finite loss; print the progress line when
-        it is due (with `progress_scalars()` and `summary`, see progress); save a checkpoint when one is due."""
-        self.check_finite(step, self.checkpoint)
-        if self.progress_due(step):
+        it is due (with `progress_scalars()` and `summary`, see progress); save a checkpoint when one is due.
+
+        With torchrun the processes take these decisions together, in one small all-reduce per step, never by their
+        own clocks: a stop (a signal to any process) and a non-finite loss (on any process) count everywhere, a
+        progress line and a timed save come when rank 0's clock says so. So all stop, print and save at one step."""
+        self.step = step
+        if self.world_size == 1:
+            self.check_finite(step, self.checkpoint)
+            progress, save = self.progress_due(step), self.save_due(step)
+        else:
+            (stop, nonfinite), (progress, save) = distributed.agree(
+                [self.signalled, self.has_nonfinite_loss()], [self.progress_due(step), self.save_due(step)]
+            )
+            self.agreed_stop = self.agreed_stop or stop
+            if nonfinite:
+                self.stop_on_nonfinite_loss(step, self.checkpoint)
+        if progress:
             self.progress(step, progress_scalars(), summary)
-        if self.save_due(step):
+        if save:
             self.save(step, self.checkpoint)
 
 
@@ -799,9 +968,9 @@ def tensor_bytes(state) -> int:
     return sum(tensor_bytes(value) for value in values)
 
 
-def save_checkpoint(path: str, state: dict):
-    """Write `state` and its content checksum atomically: first to a temporary file of this process, then renamed
-    over `path`. Checks the free space first; on any failure the temporary file is removed, the previous checkpoint
+def save_checkpoint(path: str, state: dict) -> str:
+    """Write `state` and its content checksum (returned) atomically: first to a temporary file of this process, then
+    renamed over `path`. Checks the free space first; on any failure the temporary file is removed, the previous checkpoint
     at `path` is left as it was, and CheckpointError says why."""
     folder = os.path.dirname(path) or "."
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # two savers of one path never share a file
@@ -812,8 +981,10 @@ def save_checkpoint(path: str, state: dict):
             raise CheckpointError(
                 f"no space left on device: the checkpoint needs ~{size_text(needed)}, {size_text(free)} free in {folder}"
             )
-        torch.save({**state, "checksum": content_checksum(state)}, tmp)
+        checksum = content_checksum(state)
+        torch.save({**state, "checksum": checksum}, tmp)
         os.replace(tmp, path)
+        return checksum
     except OSError as error:
         reason = "no space left on device" if error.errno == errno.ENOSPC else error.strerror or str(error)
         raise CheckpointError(f"{reason} while writing {path}") from None
@@ -878,7 +1049,8 @@ def load_checkpoint(path: str, script: str, keys: set, flag: str = "--resume") -
 def newest_step_checkpoint(folder: str, script: str, keys: set, flag: str) -> dict:
     """A run folder without checkpoint.pt (deleted, or lost with a copy that does not keep hard links): load the
     checkpoint_step*.pt written last that loads and matches its checksum, and say which one it took and why."""
-    candidates = sorted(glob.glob(os.path.join(glob.escape(folder), "checkpoint_step*.pt")), key=os.path.getmtime)
+    candidates = glob.glob(os.path.join(glob.escape(folder), "checkpoint_step*.pt"))
+    candidates = sorted((c for c in candidates if not re.search(r"\.rank\d+\.pt$", c)), key=os.path.getmtime)
     refused = []
     for path in reversed(candidates):
         try:
@@ -922,7 +1094,7 @@ def checkpoint_state(run: Run, config: dict, step: int, stateful: dict, rng, dev
 RESUMABLE_CHANGES = {
     "total_timesteps", "resume", "save_every", "save_minutes", "save_buffer", "log_interval", "eval_interval", "eval_episodes",
     "eval_epsilon", "capture_video", "track", "wandb_project_name", "wandb_entity", "exp_name", "cuda",
-    "torch_deterministic", "compile", "cudagraphs", "bf16", "async_envs", "threads",
+    "torch_deterministic", "compile", "cudagraphs", "bf16", "async_envs", "threads", "dist_timeout",
 }  # fmt: skip
 
 
@@ -955,7 +1127,7 @@ def load_for_resume(args, script: str, keys: set):
     another value than the checkpoint's, even its default (`--gamma 0.99` on a run trained with 0.9), is refused
     unless it is one of RESUMABLE_CHANGES, which then take the given value. Returns (the flags to run with, the
     checkpoint)."""
-    ckpt = load_checkpoint(args.resume, script, keys)
+    ckpt = load_process_shard(load_checkpoint(args.resume, script, keys), script)
     defaults, saved, step = type(args)(), ckpt.get("args"), ckpt.get("global_step")
     if not isinstance(saved, dict):
         raise SystemExit(
@@ -982,6 +1154,28 @@ def load_for_resume(args, script: str, keys: set):
     if restored:
         print("flags from the checkpoint: " + " ".join(as_flag(name, value) for name, value in restored.items()))
     return dataclasses.replace(args, **restored), ckpt
+
+
+def load_process_shard(ckpt: dict, script: str) -> dict:
+    """A checkpoint of a torchrun run holds the shared state and rank 0's shard; each other process adds its own shard
+    from the file beside it (checked against the checksum the main file lists). The number of processes must be the
+    one that saved it: the shards hold each process's tasks' envs, replay and statistics."""
+    saved_world, world = ckpt.get("world_size", 1), distributed.world_size()
+    if saved_world != world:
+        launch = "`python` (one process)" if saved_world == 1 else f"torchrun --nproc-per-node {saved_world} (in all)"
+        raise SystemExit(
+            f"--resume {ckpt['path']}: the run was trained by {saved_world} process(es) and this one has {world}; its "
+            f"tasks' envs, replay and statistics are split that way, so continue it with {launch}"
+        )
+    if distributed.rank() == 0:
+        return ckpt
+    entry = ckpt["shards"][distributed.rank() - 1]
+    path = os.path.join(os.path.dirname(ckpt["path"]), entry["file"])
+    shard = load_checkpoint(path, script, {"rank"})  # (its content matches its own checksum)
+    shard.pop("path")
+    if content_checksum(shard) != entry["checksum"]:
+        raise SystemExit(f"--resume {ckpt['path']}: {path} is not the shard this checkpoint was saved with")
+    return ckpt | shard
 
 
 def restore_replay(ckpt: dict, replay_buffer, learning_starts: int) -> int:

@@ -141,7 +141,7 @@ class SuccessAt:
 def test_evaluation_counts_an_episode_successful_if_any_step_is():
     envs = [SuccessAt({0, 2}), SuccessAt({1, 2, 3}), brc_envs.DMCEnv("cartpole-balance", 0, max_episode_steps=5)]
     critic, actor = bro_mt.Critic(5, 1, 3, 16), bro_mt.Actor(5, 1, 32)
-    returns, successes = bro_mt.evaluate(actor, critic, envs, 5, 4, torch.ones(3, 1), "cpu", seed=0)
+    returns, successes = bro_mt.evaluate(actor, critic, envs, torch.arange(3), 5, 4, torch.ones(3, 1), "cpu", seed=0)
     # Success at step 3 of 5 only, later steps report none: 2 of 4 and 3 of 4; an env that reports nothing: 0.
     np.testing.assert_allclose(successes, [0.5, 0.75, 0.0])
     np.testing.assert_allclose(returns[:2], [5.0, 5.0])

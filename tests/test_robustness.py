@@ -141,12 +141,12 @@ def test_a_simulator_error_stops_the_run_with_a_message(monkeypatch):
 def test_ctrl_c_ends_an_mt_evaluation_after_the_current_episode():
     envs = [brc_envs.DMCEnv("cartpole-balance", 0, max_episode_steps=20), brc_envs.DMCEnv("point_mass-easy", 1, 20)]
     critic, actor = bro_mt.Critic(5, 2, 2, 16), bro_mt.Actor(5, 2, 32)
-    masks = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    full, _ = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0)
+    masks, ids = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.arange(2)
+    full, _ = bro_mt.evaluate(actor, critic, envs, ids, 5, 3, masks, "cpu", seed=0)
     asked = []
-    cut, _ = bro_mt.evaluate(actor, critic, envs, 5, 3, masks, "cpu", seed=0, stop=lambda: asked.append(1) or True)
+    cut, _ = bro_mt.evaluate(actor, critic, envs, ids, 5, 3, masks, "cpu", seed=0, stop=lambda: asked.append(1) or True)
     assert asked == [1]  # asked once, after the first episode, which it finished
-    first_only, _ = bro_mt.evaluate(actor, critic, envs, 5, 1, masks, "cpu", seed=0)
+    first_only, _ = bro_mt.evaluate(actor, critic, envs, ids, 5, 1, masks, "cpu", seed=0)
     np.testing.assert_array_equal(cut, first_only)
     assert full.shape == cut.shape == (2,)
 
@@ -157,6 +157,6 @@ def test_ctrl_c_ends_an_atari_evaluation_after_the_current_episode():
     resets = []
     for game in games:
         game.reset = (lambda reset: lambda seed=None: resets.append(1) or reset(seed))(game.reset)
-    scores = bro_atari.evaluate(net, games, 5, 0.0, support, "cpu", seed=0, stop=lambda: True)
+    scores = bro_atari.evaluate(net, games, torch.arange(2), 5, 0.0, support, "cpu", seed=0, stop=lambda: True)
     assert len(resets) == 2 and set(scores) == {"A", "B"}  # one episode of each game, then it stopped
     assert all(math.isfinite(score) for score in scores.values())

@@ -115,7 +115,7 @@ def test_new_run_dir_gives_racing_runs_a_folder_each():
 # ---- The run: progress line, interval metrics, NaN guard, signals ----
 def test_progress_prints_and_logs_the_interval_means(clock, signals, capsys):
     with run_utils.Run("bro_test.py", Args(), "label", ["losses/a", "charts/b"], CPU) as run:
-        assert run.name == "label__test__1__1000" and os.path.isdir(run.dir)
+        assert run.name == "label__test__1__19700101-001640" and os.path.isdir(run.dir)
         run.start()
         run.add_metrics(torch.tensor([1.0, 10.0]))
         run.add_metrics(torch.tensor([3.0, 30.0]))
@@ -150,9 +150,10 @@ def test_the_eta_comes_from_the_average_rate_since_the_updates_started(clock, si
         clock.now += 50
         run.progress(2003, {}, "a {losses/a:.0f}")  # 3 steps, then a 50-second evaluation
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "step 1,000/36,100 | 1000.0 steps/s | no updates yet; ETA once they run"
+    assert lines[0] == "step 1,000/36,100 | 1,000.0 steps/s | no updates yet; ETA once they run"
     assert lines[1] == "step 2,000/36,100 | 10.0 steps/s | ETA 0h56m | a 1"
-    assert lines[2] == "step 2,003/36,100 | 0.1 steps/s | ETA 1h24m | a 1"  # 1,003 steps in 150 s, not 0.06 steps/s
+    assert lines[2] == "step 2,003/36,100 | 16.7 s/step | ETA 1h24m | a 1"
+    # 3 steps in 50 s: 16.7 s each (not "0.1 steps/s"); the ETA from the rate since the updates started
 
 
 def test_the_eta_ignores_the_random_phase_when_updates_start_on_a_progress_line(clock, signals, capsys):
@@ -170,7 +171,7 @@ def test_the_eta_ignores_the_random_phase_when_updates_start_on_a_progress_line(
             if run.progress_due(step):
                 run.progress(step, {}, "a {losses/a:.0f}")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "step 1,000/36,100 | 1000.0 steps/s | ETA at the next line | a 1"
+    assert lines[0] == "step 1,000/36,100 | 1,000.0 steps/s | ETA from the next line on | a 1"
     assert lines[-1] == "step 2,000/36,100 | 10.0 steps/s | ETA 0h56m | a 1"  # not 0h28m, from 2000 steps in 101 s
 
 
