@@ -871,8 +871,10 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.
     replay = f"({num_games} games x {args.buffer_size:,} frames)"
     smaller = "--model-size, --encoder-width or --batch-size"
     print(f"games ({num_games}, {num_actions} actions): {', '.join(config['env_ids'])}")
+    named = f"--model-size {args.model_size}, named for the head's ~4W^2 = {4 * width**2 / 1e6:.0f}M hidden weights"
+    preset = named if not args.critic_width else "custom"
     print(
-        f"head width {width} ({args.model_size if not args.critic_width else 'custom'}), encoder width "
+        f"head width {width} ({preset}), encoder width "
         f"{args.encoder_width}: {counts['total']:,} parameters (encoder {counts['encoder']:,}, BroNet head "
         f"{counts['head']:,}, game embedding {counts['game_embedding']:,}); batch {shard.global_batch_size}"
     )

@@ -936,11 +936,8 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.
     replay = f"({num_tasks} tasks x {replay_capacity(args):,} transitions)"
     tasks = ", ".join(f"{env.env_id} (obs {env.obs_size}, act {env.action_size})" for env in eval_envs)
     print(f"tasks ({num_tasks}): {tasks}")
-    preset = (
-        f"--model-size {args.model_size}: the paper's ~{args.model_size} per critic"
-        if not args.critic_width
-        else "custom"
-    )
+    named = f"--model-size {args.model_size}, named for ~4W^2 = {4 * width**2 / 1e6:.0f}M hidden weights per member"
+    preset = named if not args.critic_width else "custom"
     print(
         f"critic width {width} ({preset}): {counts['critic_member']:,} parameters per member, "
         f"{counts['critic_ensemble']:,} for the ensemble of {ENSEMBLE_SIZE} (task embedding "

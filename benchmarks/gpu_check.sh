@@ -3,7 +3,9 @@
 #   1. CUDA smoke runs of both scripts (eager; --compile --cudagraphs --bf16 for bro_mt.py, on a dm_control and a
 #      MetaWorld task; --cudagraphs for Atari),
 #   2. the GPU-only agreement tests (compile, CUDA graphs and bf16 against the eager float32 update),
-#   3. the update benchmark of presets 1M-256M in eager / compile / compile+cudagraphs / +bf16, with TFLOP/s.
+#   3. the update benchmark of presets 1M-256M in eager / compile / compile+cudagraphs / +bf16, with TFLOP/s,
+#   4. torchrun: the distributed tests (gloo) and, on a machine with several GPUs, a NCCL smoke run of bro_mt.py
+#      with --compile --bf16 and the steps/s of one GPU against all of them (MT50, 64M critic).
 # Run from a checkout where `pip install -r requirements-dev.txt` was done:
 #     bash benchmarks/gpu_check.sh
 # It prints markdown to paste into benchmarks/RESULTS.md and keeps the full output in gpu_check.log ($OUT/ when
@@ -63,6 +65,17 @@ phase "bro_mt.py --compile --cudagraphs --bf16" 90 \
 phase "bro_atari.py on CUDA --cudagraphs (Pong + Breakout)" 60 bash -c "cd $RUNS && python $PWD/bro_atari.py \
     --env-ids Pong Breakout --model-size 1M --learning-starts 500 --total-timesteps 1200 --buffer-size 5000 \
     --eval-interval 1200 --eval-episodes 1 --save-minutes 0 --cudagraphs"
+NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
+if [ "$NGPU" -ge 2 ]; then  # NCCL needs a GPU per process
+    phase "torchrun: bro_mt.py on $NGPU GPUs, NCCL, MW_MT10 (1,500 steps)" 90 bash -c "cd $RUNS && \
+        torchrun --standalone --nproc-per-node $NGPU $PWD/bro_mt.py --env-ids MW_MT10 --critic-width 512 \
+        --batch-size 256 --learning-starts 500 --total-timesteps 1500 --eval-interval 1500 --eval-episodes 1 \
+        --save-minutes 0 --compile --bf16"
+else
+    say "| torchrun on several GPUs (NCCL) | skipped: $NGPU GPU here | |"
+fi
+phase "torchrun: the distributed tests (2 gloo processes on the CPU)" 100 python -m pytest -q -p no:cacheprovider \
+    tests/test_distributed.py
 phase "agreement tests: compile / CUDA graphs / bf16 vs eager" 90 python -m pytest -q -p no:cacheprovider \
     tests/test_mt_fast.py tests/test_atari_fast.py -k "compile or cudagraphs or cuda_graphs or bf16 or wires"
 
@@ -78,5 +91,14 @@ for mode in eager cudagraphs bf16 compile; do  # compile last: without CUDA grap
         --markdown 2>>"$LOG" | grep -E '^\|' | { [ $mode = eager ] && cat || tail -n +3; } | tee -a "$SUMMARY"
 done
 say ""
-say "cudagraphs = --compile --cudagraphs; bf16 = --compile --cudagraphs --bf16. Whole check: $SECONDS s."
+say "cudagraphs = --compile --cudagraphs; bf16 = --compile --cudagraphs --bf16."
+if [ "$NGPU" -ge 2 ] && [ "$(left)" -ge 120 ]; then
+    say ""
+    say "### One GPU against $NGPU (torchrun, NCCL), MW_MT50, 64M critic, batch 1024"
+    say ""
+    timeout "$(left)" python benchmarks/bench_distributed.py --cuda --settings mt50-gpu --processes "$NGPU" \
+        --steps 1200 --learning-starts 600 2>>"$LOG" | grep -E '^\|' | tee -a "$SUMMARY"
+fi
+say ""
+say "Whole check: $SECONDS s."
 rm -rf "$RUNS"

@@ -20,6 +20,10 @@ from PIL import Image
 
 from brc_utils.run import make_vector_env
 
+# ALE prints a banner ("A.L.E: Arcade Learning Environment ... [Powered by Stella]") for every emulator it loads,
+# from every process; it says nothing a user can act on. Its warnings and errors still show.
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+
 FRAME_SIZE, FRAME_SKIP = 84, 4  # 84x84 grayscale frames; each action repeats for 4 emulator frames
 
 

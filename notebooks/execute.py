@@ -29,6 +29,7 @@ SCRIPTS = [
     "bro_mt.py",
     "bro_atari.py",
     "brc_utils/run.py",
+    "brc_utils/distributed.py",
     "brc_utils/envs.py",
     "brc_utils/atari.py",
 ]  # what the notebooks import

@@ -5,6 +5,8 @@ import csv
 import glob
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,6 +95,17 @@ def collect(env, rb: ReplayBuffer, steps: int, game: int, seed: int = 0):
         else:
             stack[:-1], stack[-1] = stack[1:].copy(), frame
     return records, written
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_loading_a_game_prints_no_banner():
+    """ALE's banner ("A.L.E: Arcade Learning Environment ...") comes from C++ on stderr for every emulator: silenced."""
+    code = "from brc_utils.atari import AtariGame; AtariGame('Pong', 0).reset(0)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "A.L.E" not in done.stdout + done.stderr and "Stella" not in done.stdout + done.stderr
 
 
 # ---- Replay: frame storage and n-step returns ----

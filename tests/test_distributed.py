@@ -198,6 +198,16 @@ def test_two_processes_resume_exactly_and_refuse_another_count(tmp_path):
     assert "torchrun --nproc-per-node 2" in one.stderr
 
 
+def test_compile_and_async_envs_work_with_two_processes(tmp_path):
+    """--compile (the all-reduce is a graph break between compiled pieces) and --async-envs (each process's update
+    overlaps its own simulators) together; the losses stay finite and the run ends with the checkpoint saved."""
+    done = torchrun(tmp_path, "--env-ids", *TASKS, *FLAGS, "--total-timesteps", "100", "--compile", "--async-envs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("step 100/")]
+    assert lines and "on 2 processes" in lines[0] and "nan" not in lines[0], done.stdout[-2000:]
+    assert glob.glob(str(tmp_path / "runs" / "*" / "checkpoint_step100.rank1.pt"))
+
+
 ATARI = [
     "--env-ids", "Pong", "Breakout", "Boxing", "--critic-width", "32", "--encoder-width", "2", "--batch-size", "16",
     "--buffer-size", "500", "--learning-starts", "10", "--eval-interval", "40", "--eval-episodes", "1",

@@ -228,6 +228,14 @@ def test_resume_takes_the_runs_own_flags_from_the_checkpoint(capsys):
     assert resumed == path  # the same run, continued
 
 
+def test_the_start_up_lines_connect_the_preset_name_to_the_parameter_counts(capsys):
+    """A preset's name (1M) beside the ensemble's count (2.4M) needs the words between them (issue #25, item 9)."""
+    bro_mt.main(bro_mt.Args(env_ids=["cartpole-balance"], model_size="1M", total_timesteps=2, learning_starts=5))
+    out = capsys.readouterr().out
+    assert "critic width 512 (--model-size 1M, named for ~4W^2 = 1M hidden weights per member): " in out, out
+    assert "parameters per member" in out and "for the ensemble of 2" in out
+
+
 def test_help_documents_every_flag():
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "bro_mt.py"), "--help"],

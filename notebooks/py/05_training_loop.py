@@ -195,6 +195,62 @@ for key, value in checkpoint.items():
     print(f"{key:>18}: {kind}")
 shutil.rmtree(run_dir)
 
+# %% [markdown]
+# ## Many processes, one update
+#
+# Launched by `torchrun`, the loop above runs in several processes at once (see `docs/distributed.md`). Each process
+# owns a block of the tasks: their environments, replay rings and reward statistics. `--batch-size` stays the
+# global batch: each process samples its share from its own tasks. All processes hold the same networks, and in
+# `update()` one call between each `backward()` and `step()`, `distributed.average_gradients`, replaces every
+# process's gradients by their mean over the processes, weighted by each one's share of the batch. Every loss is a
+# mean over its batch, so that is the gradient one process would get on the union of the batches.
+#
+# The cell below checks it. `two_processes.py` (beside this notebook) runs three updates in two gloo processes on
+# this CPU: process 0 owns tasks 0 and 1 (8 of 12 samples a batch), process 1 owns task 2 (4 samples). Then this
+# notebook runs the same three updates in one process on all 12 samples. The computation is in float64, so
+# "equal" means equal to float rounding.
+
+# %%
+import subprocess
+
+import two_processes
+
+print(inspect.getsource(two_processes.train))
+with tempfile.TemporaryDirectory() as folder:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = os.environ | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # loopback only
+    done = subprocess.run([*command, "two_processes.py", folder], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    print(done.stdout)
+    two = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
+
+torch.set_default_dtype(torch.float64)
+real_randn_like, torch.randn_like = torch.randn_like, two_processes.fixed_noise
+try:
+    one = two_processes.train(two_processes.batches())  # one process, all 12 samples of each batch
+    before = two_processes.train([])  # the initial weights, to see how far the updates moved them
+finally:
+    torch.set_default_dtype(torch.float32)
+    torch.randn_like = real_randn_like
+
+groups = ["critic", "target_critic", "actor", "log_alpha"]
+gap = {g: max((two[0][k] - one[k]).abs().max().item() for k in one if k.startswith(g)) for g in groups}
+moved = {g: max((one[k] - before[k]).abs().max().item() for k in one if k.startswith(g)) for g in groups}
+same = all(torch.equal(two[0][k], two[1][k]) for k in one)
+print(f"the two processes hold bit-identical weights: {same}")
+fig, ax = plt.subplots(figsize=(7, 2.8))
+x = np.arange(len(groups))
+ax.bar(x - 0.2, [moved[g] for g in groups], 0.4, label="how far 3 updates moved a weight (max)")
+ax.bar(x + 0.2, [max(gap[g], 1e-18) for g in groups], 0.4, label="2 processes vs 1 process (max difference)")
+ax.set_xticks(x, groups)
+ax.set_yscale("log")
+ax.set_ylabel("absolute value")
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8)
+plt.tight_layout()
+plt.show()
+for g in groups:
+    print(f"{g:>13}: moved up to {moved[g]:.1e}, two processes differ from one by at most {gap[g]:.1e}")
+
 
 # %% [markdown]
 # ## Change it yourself
