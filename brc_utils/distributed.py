@@ -214,9 +214,19 @@ def broadcast_state(objects: dict):
                 tensor.data.copy_(data)
 
 
+COLLECTIVE_FAILURES = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "broken pipe")
+
+
 def is_collective_error(error: BaseException) -> bool:
-    """Whether `error` is a collective that failed because another process died, exited or timed out."""
-    return is_distributed() and isinstance(error, (dist.DistError, RuntimeError)) and not isinstance(error, SystemExit)
+    """Whether `error` is a collective that failed because another process died, exited or timed out (torch raises
+    a DistError subclass, or a RuntimeError from gloo or NCCL naming the lost connection or the timeout). Any other
+    error is this process's own and keeps its traceback."""
+    if not is_distributed():
+        return False
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(word in text for word in COLLECTIVE_FAILURES)
+    )
 
 
 def lost_contact(error: BaseException, step: Optional[int], checkpoint: str) -> str:

@@ -234,10 +234,11 @@ def test_two_processes_of_bro_atari_resume_exactly(tmp_path):
 
 # ---- Faults ----
 def start_torchrun(tmp_path, *args: str) -> subprocess.Popen:
+    """torchrun in a session of its own, as a terminal's foreground job: os.killpg(pid, SIGINT) is a Ctrl-C."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command += [os.path.join(REPO, "bro_mt.py"), "--env-ids", *TASKS, *FLAGS, *args]
-    env = os.environ | LOOPBACK
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    options = dict(cwd=tmp_path, env=os.environ | LOOPBACK, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, start_new_session=True, **options)
 
 
 def worker_pid(launcher: subprocess.Popen, rank: int) -> int:
@@ -276,13 +277,20 @@ def finish(launcher: subprocess.Popen, lines: list, timeout: float = 120) -> int
     return launcher.returncode
 
 
-def test_a_signal_to_one_process_stops_both_at_one_step_with_the_checkpoint_saved(tmp_path):
-    """SIGTERM to rank 1 alone (as a scheduler might send): the processes agree to stop at the same step, both save
-    their part of the checkpoint, and the run ends cleanly with the resume command."""
-    launcher, lines = start_torchrun(tmp_path, "--total-timesteps", "100000", "--buffer-size", "100000"), []
+@pytest.mark.parametrize("how", ["sigterm to rank 1", "ctrl-c"])
+def test_a_signal_stops_both_processes_at_one_step_with_the_checkpoint_saved(tmp_path, how):
+    """SIGTERM to rank 1 alone (as a scheduler might send), or a terminal's Ctrl-C (SIGINT to torchrun and both
+    workers, which torchrun then forwards again): the processes agree to stop at the same step, both save their part
+    of the checkpoint, and the run ends with the resume command. (With --bf16, which changes only the forward passes:
+    the gradients stay float32 and are averaged as usual.)"""
+    launcher, lines = start_torchrun(tmp_path, "--total-timesteps", "100000", "--buffer-size", "100000", "--bf16"), []
     read_until(launcher, "step 100/", lines)
-    os.kill(worker_pid(launcher, 1), signal.SIGTERM)
-    assert finish(launcher, lines) == 0, "".join(lines)
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+        finish(launcher, lines)  # torchrun itself exits with 1 after a Ctrl-C (its SignalException)
+    else:
+        os.kill(worker_pid(launcher, 1), signal.SIGTERM)
+        assert finish(launcher, lines) == 0, "".join(lines)
     out = "".join(lines)
     stopped = [line for line in out.splitlines() if line.startswith("stopped at step")]
     assert stopped and "torchrun --standalone --nproc-per-node 2 bro_mt.py --resume" in stopped[0], out

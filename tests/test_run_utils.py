@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from brc_utils import distributed
 from brc_utils import run as run_utils
 
 CPU = torch.device("cpu")
@@ -411,7 +412,7 @@ def test_the_slow_cpu_warning_names_only_flags_not_yet_at_their_suggestion(capsy
     for flags, hint in cases:
         args = bro_atari.Args(env_ids=["Pong"], cuda=False, threads=1, **flags)
         config = {"env_ids": ["Pong"], "critic_width": args.critic_width or 4096, "encoder_width": args.encoder_width}
-        bro_atari.set_up_device(args, None, config, [game], args.batch_size or 64)
+        bro_atari.set_up_device(args, None, config, [game], distributed.shard_tasks(1, args.batch_size or 64, 1))
         out = capsys.readouterr().out
         assert f"on a CPU {hint}." in out and "(1,000,000 steps: " in out, out
 
