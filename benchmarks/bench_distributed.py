@@ -15,7 +15,9 @@ Run it on an idle machine: two processes need two free cores. It prints a markdo
 """
 
 import argparse
+import contextlib
 import datetime
+import io
 import os
 import re
 import socket
@@ -84,7 +86,8 @@ def update_seconds(num_tasks: int, width: int, batch: int, seconds: float = 3.0)
     torch.manual_seed(0)
     obs_dim, action_dim = 39, 6
     args = bro_mt.Args(critic_width=width)
-    nets = bro_mt.make_nets(args, "embedding", obs_dim, action_dim, num_tasks, width, "cpu")
+    with contextlib.redirect_stdout(io.StringIO()):  # make_nets announces itself
+        nets = bro_mt.make_nets(args, "embedding", obs_dim, action_dim, num_tasks, width, "cpu")
     masks, target_entropy = bro_mt.action_masks_and_target_entropy([action_dim] * num_tasks, action_dim, "cpu")
     support, scales = torch.linspace(-10, 10, 101), torch.ones(num_tasks)
     batch_data = bro_mt.Batch(
@@ -107,7 +110,8 @@ def _all_reduce_worker(rank: int, world: int, port: int, num_tasks: int, width: 
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     distributed.shard_tasks(num_tasks, 256, 1)
     args = bro_mt.Args(critic_width=width)
-    nets = bro_mt.make_nets(args, "embedding", 39, 6, num_tasks, width, "cpu")
+    with contextlib.redirect_stdout(io.StringIO()):
+        nets = bro_mt.make_nets(args, "embedding", 39, 6, num_tasks, width, "cpu")
     optimizers = [nets.critic_optimizer, nets.actor_optimizer, nets.alpha_optimizer]
     for optimizer in optimizers:
         for group in optimizer.param_groups:
