@@ -867,8 +867,8 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.
     encoder_floats = 30_000 * args.encoder_width  # the encoder's feature maps of one sample, ~29k per channel
     sample_floats = encoder_floats + width * (4 * CRITIC_DEPTH + 4) + num_actions * args.num_bins
     model_bytes += 4 * 3 * batch_size * sample_floats  # activations of one update
-    buffer_bytes = ReplayBuffer.bytes_needed(num_games, args.buffer_size)
-    replay = f"({num_games} games x {args.buffer_size:,} frames)"
+    buffer_bytes = ReplayBuffer.bytes_needed(shard.size, args.buffer_size)
+    replay = f"({run_utils.tasks_here(shard, 'games')} x {args.buffer_size:,} frames)"
     smaller = "--model-size, --encoder-width or --batch-size"
     print(f"games ({num_games}, {num_actions} actions): {', '.join(config['env_ids'])}")
     named = f"--model-size {args.model_size}, named for the head's ~4W^2 = {4 * width**2 / 1e6:.0f}M hidden weights"

@@ -932,8 +932,8 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.
     counts = model_parameter_counts(*sizes)
     model_bytes = 4 * (5 * counts["critic_ensemble"] + 4 * counts["actor"])  # weights, target, grads, 2 Adam moments
     activation_bytes = 4 * 3 * ENSEMBLE_SIZE * batch_size * width * (4 * CRITIC_DEPTH + 4)
-    buffer_bytes = ReplayBuffer.bytes_needed(num_tasks, replay_capacity(args), obs_dim, action_dim)
-    replay = f"({num_tasks} tasks x {replay_capacity(args):,} transitions)"
+    buffer_bytes = ReplayBuffer.bytes_needed(shard.size, replay_capacity(args), obs_dim, action_dim)
+    replay = f"({run_utils.tasks_here(shard, 'tasks')} x {replay_capacity(args):,} transitions)"
     tasks = ", ".join(f"{env.env_id} (obs {env.obs_size}, act {env.action_size})" for env in eval_envs)
     print(f"tasks ({num_tasks}): {tasks}")
     named = f"--model-size {args.model_size}, named for ~4W^2 = {4 * width**2 / 1e6:.0f}M hidden weights per member"

@@ -88,6 +88,7 @@ class TaskShard:
 
     first: int  # global id of this process's first task
     stop: int  # one past its last
+    num_tasks: int  # of the whole run
     batch_size: int  # its share of the global --batch-size, sampled from its own tasks
     global_batch_size: int
     seed: int  # its seed for torch and the random actions: --seed itself for the process that owns task 0
@@ -137,7 +138,7 @@ def shard_tasks(num_tasks: int, batch_size: int, seed: int) -> TaskShard:
     own_seed = seed if first == 0 else int(np.random.SeedSequence([seed, first]).generate_state(1)[0] >> 1)
     global _share
     _share = batches[me] / batch_size
-    return TaskShard(first, first + sizes[me], batches[me], batch_size, own_seed, me, world)
+    return TaskShard(first, first + sizes[me], num_tasks, batches[me], batch_size, own_seed, me, world)
 
 
 # ---- Collectives ----

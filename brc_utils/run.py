@@ -236,6 +236,14 @@ def size_text(num_bytes: float) -> str:
     return gib(num_bytes) if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
+def tasks_here(shard, noun: str) -> str:
+    """How many tasks (or games) this process holds, for the memory lines: "7 tasks", or "4 of 7 tasks on this
+    process" under torchrun (the replay buffer, its memory and a checkpoint's shard hold only those)."""
+    if shard.world_size == 1:
+        return f"{shard.size} {noun}"
+    return f"{shard.size} of {shard.num_tasks} {noun} on this process"
+
+
 def describe_shards(shard, task_names: list):
     """torchrun: print which tasks each process owns and how much of each batch it samples (every process calls it)."""
     if shard.world_size == 1:

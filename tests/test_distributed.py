@@ -175,6 +175,7 @@ def test_two_processes_resume_exactly_and_refuse_another_count(tmp_path):
     out = straight.stdout
     assert "process 0: tasks 0-1 (cartpole-balance, point_mass-easy), 21 samples" in out, out
     assert "process 1: task 2 (reacher-easy), 11 samples" in out and "steps/s on 2 processes" in out
+    assert "replay buffer (2 of 3 tasks on this process x 200 transitions)" in out  # rank 0 holds its tasks only
     assert "eval @ 200:" in out and "reacher-easy" in out.split("eval @ 200:")[1]  # rank 1's task, gathered
     half = torchrun(tmp_path, *common, "--total-timesteps", "110", "--exp-name", "half")
     assert half.returncode == 0, half.stderr[-3000:]
