@@ -800,7 +800,7 @@ def main(args: Args, make_env: Optional[Callable] = None):
                     device,
                     args.seed + loop.global_step,
                     run.video_dir(loop.global_step),
-                    stop=run.should_stop,
+                    stop=lambda: run.stop_requested,
                 )
                 scores = shard.gather(scores)  # torchrun: every process's games, in order
                 hns, summary = score_summary(scores)

@@ -846,7 +846,7 @@ def main(args: Args):
                     device,
                     args.seed + loop.global_step,
                     run.video_dir(loop.global_step),
-                    stop=run.should_stop,
+                    stop=lambda: run.stop_requested,
                 )
                 returns, successes = shard.gather((returns, successes))  # torchrun: every process's tasks, in order
                 run.log_evaluation(loop.global_step, *evaluation_summary(env_ids, returns, successes))

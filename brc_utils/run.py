@@ -547,14 +547,13 @@ class Run:
 
     @property
     def stop_requested(self) -> bool:
-        """Whether the loop stops after this step: Ctrl-C / SIGTERM / SIGHUP asked for it. With torchrun, all
-        processes stop at the same step: a signal to any of them counts from the step at which end_of_step's
-        agreement saw it (torchrun forwards a Ctrl-C to all, but not every signal reaches every process)."""
-        return self.agreed_stop or (self.signalled and self.world_size == 1)
-
-    def should_stop(self) -> bool:
-        """Whether a signal asked this process to stop (long loops such as an evaluation poll it and end early)."""
-        return self.signalled
+        """Whether Ctrl-C / SIGTERM / SIGHUP asked the run to stop: the loop checks it before each step, an evaluation
+        after each episode. With torchrun a signal may reach one process only, so reading it is a collective: every
+        process reads it at the same points (those two), and they agree in one small all-reduce whether any of them
+        was signalled, so that all stop at the same step or episode."""
+        if self.world_size > 1 and not self.agreed_stop:
+            (self.agreed_stop,), _ = distributed.agree([self.signalled], [])
+        return self.agreed_stop or self.signalled
 
     def start(self):
         """The training loop starts: signals now stop it after a step, and the progress clock starts here."""
@@ -783,7 +782,7 @@ class Run:
         self._collect_logs()
         if step != self.saved_step:
             self.save(step, checkpoint or self.checkpoint, final=True)
-        if self.stop_requested:
+        if self.agreed_stop or self.signalled:  # (what the loop's last check saw; no collective here)
             print(f"stopped at step {step:,}; continue with: {self.command()} --resume {self.checkpoint_path}")
         else:
             print(f"done: {step:,} steps")
@@ -812,7 +811,7 @@ class Run:
         lines.append(f"  checkpoint:  {self.checkpoint_path} ({size:,.1f} MiB)")
         if self.args.capture_video:
             lines.append(f"  videos:      {os.path.join(self.dir, 'videos')}/")
-        more = "" if self.stop_requested else f" --total-timesteps {2 * self.total_steps}"
+        more = "" if self.agreed_stop or self.signalled else f" --total-timesteps {2 * self.total_steps}"
         lines.append(f"  continue:    {self.command()} --resume {self.dir}{more}")
         print("\n".join(lines), flush=True)
 
@@ -919,17 +918,16 @@ class Run:
         it is due (with `progress_scalars()` and `summary`, see progress); save a checkpoint when one is due.
 
         With torchrun the processes take these decisions together, in one small all-reduce per step, never by their
-        own clocks: a stop (a signal to any process) and a non-finite loss (on any process) count everywhere, a
-        progress line and a timed save come when rank 0's clock says so. So all stop, print and save at one step."""
+        own clocks: a non-finite loss (on any process) counts everywhere, a progress line and a timed save come when
+        rank 0's clock says so. So all print, save or stop at one step (a signal: see stop_requested)."""
         self.step = step
         if self.world_size == 1:
             self.check_finite(step, self.checkpoint)
             progress, save = self.progress_due(step), self.save_due(step)
         else:
-            (stop, nonfinite), (progress, save) = distributed.agree(
-                [self.signalled, self.has_nonfinite_loss()], [self.progress_due(step), self.save_due(step)]
+            (nonfinite,), (progress, save) = distributed.agree(
+                [self.has_nonfinite_loss()], [self.progress_due(step), self.save_due(step)]
             )
-            self.agreed_stop = self.agreed_stop or stop
             if nonfinite:
                 self.stop_on_nonfinite_loss(step, self.checkpoint)
         if progress:

@@ -86,10 +86,7 @@ SCRIPTS = list(SECTIONS)
 # How far a student reads, and how much plumbing they meet on the way (issue #21's gates).
 MAX_LOOP_LINE = 800  # the training loop's `while` (CleanRL's SAC: line 224)
 MAX_FIRST_NETWORK_LINE = 200  # the first nn.Module
-# Distinct names main() reaches in the run plumbing: run_utils.X and the Run object's run.X. 12 for one process, and
-# one more since torchrun (#23): the evaluation polls this process's stop request (run.should_stop) to end early,
-# while the loop stops at the step all processes agreed on (run.stop_requested).
-MAX_PLUMBING_NAMES = 13
+MAX_PLUMBING_NAMES = 12  # distinct names main() reaches in the run plumbing: run_utils.X and the Run object's run.X
 MAX_PLUMBING_STATEMENTS = 5  # simple statements in the loop that call the plumbing or name a checkpoint
 MAX_UPDATE_PARAMETERS = 9
 
