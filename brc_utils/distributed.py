@@ -230,15 +230,50 @@ def is_collective_error(error: BaseException) -> bool:
     )
 
 
+FAILURE_KEY = "brc/failed/{}"  # the key under which a failing process leaves its reason in the process group's store
+
+
+def report_failure(reason: str):
+    """Before a process stops on an error of its own, leave the reason where the others can read it (the process
+    group's key-value store, which torchrun's agent holds and which outlives this process), so that their message
+    can name this rank and the cause."""
+    try:
+        dist.distributed_c10d._get_default_store().set(FAILURE_KEY.format(rank()), reason[:2000])
+    except Exception:  # no store to reach: the others still say that contact was lost
+        pass
+
+
+def reported_failures() -> list:
+    """(rank, reason) of every other process that reported a failure (report_failure)."""
+    found = []
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        for other in range(world_size()):
+            key = FAILURE_KEY.format(other)
+            if other != rank() and store.check([key]):
+                found.append((other, store.get(key).decode(errors="replace")))
+    except Exception:
+        pass
+    return found
+
+
 def lost_contact(error: BaseException, step: Optional[int], checkpoint: str) -> str:
     """What a process says when a collective failed: another process of the run died (SIGKILL, a crash, a simulator
-    error or a refused flag there) or stopped answering for --dist-timeout seconds."""
+    error or a refused flag there) or stopped answering for --dist-timeout seconds. It names that process's rank and
+    reason when the process left them (report_failure); a process killed outright leaves none."""
     at = f" at step {step:,}" if step is not None else ""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    failures = reported_failures()
+    if failures:
+        cause = "; ".join(f"rank {other} stopped: {reason}" for other, reason in failures)
+    else:
+        cause = (
+            "another process died without saying why (killed, e.g. SIGKILL or out of memory) or stopped answering "
+            "within --dist-timeout; torchrun's summary names its rank"
+        )
     return (
-        f"rank {rank()}: lost contact with another process of this run{at} ({type(error).__name__}: {first_line}). "
-        f"That process died, stopped or stopped answering within --dist-timeout: its own message above, or "
-        f"torchrun's summary, names its rank and cause. The last checkpoint is intact: {checkpoint}"
+        f"rank {rank()}: lost contact with the other processes of this run{at} ({type(error).__name__}: "
+        f"{first_line}). {cause}. The last checkpoint is intact: {checkpoint}"
     )
 
 

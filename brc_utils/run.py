@@ -581,6 +581,8 @@ class Run:
             last = self.checkpoint_path if os.path.exists(self.checkpoint_path) else "none yet"
             if distributed.is_collective_error(error):
                 raise SystemExit(distributed.lost_contact(error, getattr(self, "step", None), last)) from None
+            reason = error.code if isinstance(error, SystemExit) else f"{type(error).__name__}: {error}"
+            distributed.report_failure(str(reason))  # so that the others can name this rank and why
             if isinstance(error, SystemExit) and isinstance(error.code, str):
                 raise SystemExit(f"rank {self.rank}: {error.code}") from None
 

@@ -311,9 +311,48 @@ def test_a_killed_process_ends_the_other_with_a_message_and_the_last_checkpoint_
     assert finish(launcher, lines, timeout=90) != 0
     out = "".join(lines)
     assert time.time() - started < 90
-    assert "rank 0: lost contact with another process of this run" in out, out[-3000:]
+    assert "rank 0: lost contact with the other processes of this run" in out, out[-3000:]
+    assert "another process died without saying why (killed" in out  # SIGKILL leaves no reason
     (folder,) = glob.glob(str(tmp_path / "runs" / "*"))
     ckpt = run_utils.load_checkpoint(folder, "bro_mt", bro_mt.CHECKPOINT_KEYS)
     assert ckpt["global_step"] % 100 == 0 and ckpt["global_step"] >= 100
     shard = os.path.join(folder, ckpt["shards"][0]["file"])
     assert run_utils.load_checkpoint(shard, "bro_mt", {"rank"})["rank"] == 1
+
+
+FAILING_SIMULATOR = """
+import os, runpy, sys
+sys.path.insert(0, {repo!r})
+from brc_utils import envs
+
+if os.environ["RANK"] == "1":  # rank 1's training simulator fails at step 129
+    real_step, steps = envs.DMCEnv.step, []
+
+    def step(self, action):
+        steps.append(1)
+        if len(steps) == 100 + 60 + 30:  # 100 training steps, one 60-step evaluation episode, 30 more steps
+            raise RuntimeError("simulated physics failure")
+        return real_step(self, action)
+
+    envs.DMCEnv.step = step
+sys.argv[0] = os.path.join({repo!r}, "bro_mt.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_failing_process_names_itself_and_the_others_name_it_too(tmp_path):
+    """A simulator error on rank 1: rank 1 saves its state for inspection and says why; rank 0 ends too, naming rank 1
+    and its reason (left in the process group's store), with the last checkpoint."""
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_SIMULATOR.format(repo=REPO))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    command += ["--env-ids", *TASKS, *FLAGS, "--total-timesteps", "1000", "--save-every", "100"]
+    env = os.environ | LOOPBACK
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "rank 1: an environment failed at step 129 (RuntimeError: simulated physics failure)" in out, out[-3000:]
+    assert "env_error_step129.rank1.pt for inspection" in out
+    assert "rank 0: lost contact with the other processes of this run" in out
+    assert "rank 1 stopped: an environment failed at step 129" in out
+    assert glob.glob(str(tmp_path / "runs" / "*" / "checkpoint_step100.rank1.pt"))
