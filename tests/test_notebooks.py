@@ -201,6 +201,8 @@ def _script_members() -> tuple[set, set]:
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 top |= {t.id for t in targets if isinstance(t, ast.Name)}
+            elif isinstance(node, ast.ImportFrom) and node.module == "brc_utils":  # `distributed.average_gradients`
+                top |= {alias.asname or alias.name for alias in node.names}
             if isinstance(node, ast.ClassDef):
                 for item in ast.walk(node):
                     if isinstance(item, ast.FunctionDef):
