@@ -14,7 +14,8 @@ and the weights stay identical on every process. Without torchrun (or with one p
                         joins every process's per-task results in task order
   Collectives ......... `average_gradients`, `agree` (the stop / save / progress decisions of rank 0 or any
                         process), `broadcast_object`, `gather_objects`, `broadcast_state`, `weighted_sum`
-  Failures ............ `lost_contact`: the message a process gives when another one died or stopped answering
+  Failures ............ `report_failure` (a failing process leaves its rank and reason in the group's store) and
+                        `lost_contact` (the message of the others: that process's rank and reason, when it left them)
 """
 
 import atexit
@@ -45,8 +46,14 @@ def init(timeout_s: float, cuda: bool, cudagraphs: bool):
             "update's phases here; leave --cudagraphs out (--compile works with several processes)"
         )
     use_cuda = cuda and torch.cuda.is_available()
+    local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if use_cuda and local_rank >= gpus:
+        raise SystemExit(
+            f"torchrun started more processes on this machine than it has GPUs ({gpus}): NCCL needs one GPU per "
+            f"process. Use --nproc-per-node {gpus}, or add --no-cuda to train on the CPU (gloo)"
+        )
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank)
     timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     atexit.register(_leave)
