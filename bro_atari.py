@@ -86,6 +86,8 @@ class AlgorithmArgs:
     """batch size of an update (None: 256 with several games, 64 with one game)"""
     updates_per_step: int = 1
     """gradient updates per environment step (replay ratio)"""
+    update_every: int = 1
+    """run the --updates-per-step updates every K environment steps only (K > 1: a replay ratio below 1, as DQN's 4)"""
     n_step: int = 3
     """length of the multi-step return"""
     gamma: float = 0.99
@@ -703,8 +705,11 @@ def main(args: Args, make_env: Optional[Callable] = None):
         update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
         def learn():
-            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first), on every
+            `update_every`-th step."""
             nonlocal scale_stale
+            if loop.global_step % args.update_every:
+                return
             if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
                 scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
                 scale_stale = False
@@ -811,7 +816,7 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
     "weight_decay": ZERO, "epsilon_end": PROBABILITY, "epsilon_decay_steps": ONE, "eval_epsilon": PROBABILITY,
     "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
     "repeat_action_probability": PROBABILITY, "noop_max": ZERO, "max_episode_frames": ONE, "eval_interval": ONE,
-    "eval_episodes": ONE,
+    "eval_episodes": ONE, "update_every": ONE,
 }  # fmt: skip
 
 
@@ -866,7 +871,7 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, batch_size: int) ->
     suggestions = (("--critic-width 128", width > 128), ("--encoder-width 4", args.encoder_width > 4))
     smaller = [flag for flag, bigger in (*suggestions, ("--batch-size 32", batch_size > 32)) if bigger]
     hint = f"try {' '.join(smaller)}" if smaller else "use fewer --total-timesteps"
-    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, hint, args.total_timesteps)
+    run_utils.warn_if_slow(device, args.updates_per_step / args.update_every * update_gflop, hint, args.total_timesteps)
     checkpoint_bytes = 4 * 4 * counts["total"] + args.save_buffer * buffer_bytes  # Q, target, 2 AdamW moments
     return device, buffer_device, checkpoint_bytes
 
