@@ -87,6 +87,8 @@ class AlgorithmArgs:
     """batch size of an update (None: 256 with several games, 64 with one game)"""
     updates_per_step: int = 1
     """gradient updates per environment step (replay ratio)"""
+    update_every: int = 1
+    """run the --updates-per-step updates every K environment steps only (K > 1: a replay ratio below 1, as DQN's 4)"""
     n_step: int = 3
     """length of the multi-step return"""
     gamma: float = 0.99
@@ -716,8 +718,11 @@ def main(args: Args, make_env: Optional[Callable] = None):
         update_step = run_utils.fast_update(update_step, args.compile, args.cudagraphs)
 
         def learn():
-            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first)."""
+            """-- update --: `updates_per_step` updates on fresh batches (refreshing the reward scale first), on every
+            `update_every`-th step."""
             nonlocal scale_stale
+            if loop.global_step % args.update_every:
+                return
             if not args.clip_rewards and (scale_stale or normalizer.needs_fallback()):
                 scale.copy_(reward_scale(torch.as_tensor(normalizer.max_abs_return(), dtype=torch.float32)))
                 scale_stale = False
@@ -827,8 +832,18 @@ FLAG_RANGES = {  # every numeric flag's valid values (None, where a flag allows 
     "weight_decay": ZERO, "epsilon_end": PROBABILITY, "epsilon_decay_steps": ONE, "eval_epsilon": PROBABILITY,
     "num_bins": run_utils.Range(2), "v_min": run_utils.Range(), "v_max": run_utils.Range(), "embedding_dim": ONE,
     "repeat_action_probability": PROBABILITY, "noop_max": ZERO, "max_episode_frames": ONE, "eval_interval": ONE,
-    "eval_episodes": ONE,
+    "eval_episodes": ONE, "update_every": ONE,
 }  # fmt: skip
+
+
+# The laptop command (docs/atari.md): one game, a small network and an update every 4th step finish in ~30 minutes on
+# one CPU core and learn RoadRunner well above random. The slow-CPU warning suggests the flags a run has not set.
+LAPTOP_FLAGS = {
+    "env_ids": ["RoadRunner"], "critic_width": 128, "encoder_width": 4, "batch_size": 32, "update_every": 4,
+    "learning_starts": 5000, "total_timesteps": 50_000, "epsilon_decay_steps": 20_000, "repeat_action_probability": 0,
+    "eval_interval": 10_000, "eval_episodes": 5,
+}  # fmt: skip
+LAPTOP_MINUTES = 30
 
 
 def load_flags(args: Args) -> tuple[Args, Optional[dict]]:
@@ -883,10 +898,11 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.
     update_gflop = 10 * batch_size * (encoder_macs + counts["head"]) / 1e9  # ~5 forward passes, 2 FLOP/MAC
     run_utils.set_threads(device, args.threads, update_gflop)
     buffer_device = run_utils.place_replay_buffer(device, model_bytes, buffer_bytes, smaller, replay)
-    suggestions = (("--critic-width 128", width > 128), ("--encoder-width 4", args.encoder_width > 4))
-    smaller = [flag for flag, bigger in (*suggestions, ("--batch-size 32", batch_size > 32)) if bigger]
-    hint = f"try {' '.join(smaller)}" if smaller else "use fewer --total-timesteps"
-    run_utils.warn_if_slow(device, args.updates_per_step * update_gflop, hint, args.total_timesteps)
+    laptop = [run_utils.as_flag(name, value) for name, value in LAPTOP_FLAGS.items() if getattr(args, name) != value]
+    hint = f"try {' '.join(laptop)} (the laptop command, ~{LAPTOP_MINUTES} minutes on one core: docs/atari.md)"
+    if not laptop:  # every flag of the laptop command is set, and something else costs more
+        hint = "use fewer --updates-per-step or --total-timesteps"
+    run_utils.warn_if_slow(device, args.updates_per_step / args.update_every * update_gflop, hint, args.total_timesteps)
     checkpoint_bytes = 4 * 4 * counts["total"] + args.save_buffer * buffer_bytes  # Q, target, 2 AdamW moments
     return device, buffer_device, checkpoint_bytes
 
@@ -894,7 +910,12 @@ def set_up_device(args: Args, ckpt, config: dict, eval_envs, shard: distributed.
 if __name__ == "__main__":
     description = """BRC for multi-game Atari from pixels (categorical double DQN with a game embedding).
 
-Example, a first run on a GPU:  python bro_atari.py --env-ids ATARI_QUICK --model-size 16M
+A small run on a laptop CPU (~30 minutes on one core; an evaluation every 10000 steps, the first after ~3 minutes):
+  python bro_atari.py --env-ids RoadRunner --critic-width 128 --encoder-width 4 --batch-size 32 --update-every 4 \\
+      --learning-starts 5000 --total-timesteps 50000 --epsilon-decay-steps 20000 --repeat-action-probability 0 \\
+      --eval-interval 10000 --eval-episodes 5
+
+A first run on a GPU:  python bro_atari.py --env-ids ATARI_QUICK --model-size 16M
 
 Every run writes runs/{run_name}/ (TensorBoard logs, checkpoint.pt); Ctrl-C saves a checkpoint to --resume from."""
     main(tyro.cli(Args, description=description))

@@ -325,6 +325,17 @@ def test_smoke_real_games_and_exact_resume(tmp_path, monkeypatch, capsys, one_th
         main(tiny_args(resume=str(tmp_path / "corrupt.pt")))
 
 
+@pytest.mark.parametrize("update_every, updates", [(1, 40 - 10 + 1), (4, 8)])
+def test_update_every_runs_the_updates_on_every_kth_step_only(tmp_path, monkeypatch, update_every, updates, one_thread):
+    """--update-every K: the steps from --learning-starts (10) to 40 that K divides run the updates (4: 12, 16 ... 40);
+    K = 1 updates on every step from the first, as before the flag."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(env_ids=["A", "B"], update_every=update_every)
+    ckpt = torch.load(main(args, make_env=lambda game, seed: PixelGame(game, seed)), weights_only=True)
+    assert ckpt["optimizer"]["state"][0]["step"].item() == updates
+    assert ckpt["args"]["update_every"] == update_every  # saved with the run's other flags
+
+
 def test_refuses_a_buffer_that_cannot_fit(monkeypatch):
     monkeypatch.setattr(run_utils, "available_memory", lambda device: 2**30)
     with pytest.raises(SystemExit, match=r"replay buffer \(2 games x 1,000,000 frames\) needs 13\.16 GiB"):

@@ -399,22 +399,38 @@ def test_warn_if_slow_only_on_a_cpu_and_only_when_slow(capsys):
     assert "at most ~0.017 steps/s (60,000 steps: 1,000 h or more)" in capsys.readouterr().out
 
 
-def test_the_slow_cpu_warning_names_only_flags_not_yet_at_their_suggestion(capsys, monkeypatch):
-    """bro_atari.py on a CPU: the defaults get the smaller flags suggested; once they are set, fewer steps."""
+def test_the_slow_cpu_warning_suggests_the_laptop_flags_not_yet_set(capsys, monkeypatch):
+    """bro_atari.py on a CPU: the warning names the laptop command's flags (docs/atari.md) that a run has not set, with
+    its time; once they are all set, fewer updates or steps. The laptop command itself does not warn."""
     import bro_atari
 
     monkeypatch.setattr(run_utils, "available_memory", lambda device: 2**40)
     game = types.SimpleNamespace(num_actions=18)
+    laptop = (
+        "--env-ids RoadRunner --critic-width 128 --encoder-width 4 --batch-size 32 --update-every 4 --learning-starts "
+        "5000 --total-timesteps 50000 --epsilon-decay-steps 20000 --repeat-action-probability 0 --eval-interval 10000 "
+        "--eval-episodes 5"
+    )
+    minutes = f"(the laptop command, ~{bro_atari.LAPTOP_MINUTES} minutes on one core: docs/atari.md)"
     cases = [
-        ({}, "try --critic-width 128 --encoder-width 4 --batch-size 32"),
-        (dict(critic_width=128, encoder_width=4, batch_size=32, updates_per_step=20), "use fewer --total-timesteps"),
+        ({}, f"try {laptop} {minutes}"),  # the defaults: ATARI_5, the 64M head, 1,000,000 steps
+        (dict(model_size="1M", batch_size=32), f"try {laptop.replace(' --batch-size 32', '')} {minutes}"),
+        (dict(bro_atari.LAPTOP_FLAGS, updates_per_step=80), "use fewer --updates-per-step or --total-timesteps"),
+        (bro_atari.LAPTOP_FLAGS, None),
     ]
     for flags, hint in cases:
-        args = bro_atari.Args(env_ids=["Pong"], cuda=False, threads=1, **flags)
-        config = {"env_ids": ["Pong"], "critic_width": args.critic_width or 4096, "encoder_width": args.encoder_width}
+        args = bro_atari.Args(cuda=False, threads=1, **flags)
+        width = args.critic_width or bro_atari.MODEL_SIZES[args.model_size]
+        config = {"env_ids": args.env_ids, "critic_width": width, "encoder_width": args.encoder_width}
         bro_atari.set_up_device(args, None, config, [game], distributed.shard_tasks(1, args.batch_size or 64, 1))
         out = capsys.readouterr().out
-        assert f"on a CPU {hint}." in out and "(1,000,000 steps: " in out, out
+        assert (f"on a CPU {hint}." in out) if hint else "warning" not in out, out
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    docs = open(os.path.join(repo, "docs", "atari.md")).read()
+    assert f"python bro_atari.py {laptop}\n" in docs  # the command the warning refers to, word for word
+    source = open(os.path.join(repo, "bro_atari.py")).read()
+    description = " ".join(source[source.index('description = """') :].replace("\\\\", " ").split())
+    assert f"python bro_atari.py {laptop} " in description  # --help's example
 
 
 # ---- Checkpoints ----
