@@ -3,12 +3,14 @@ where each step's time goes.
 
 For each setting, the real training script runs twice with the same flags: `python bro_mt.py ...` and
 `torchrun --standalone --nproc-per-node N bro_mt.py ...`, one torch thread per process. The steps/s are the mean of
-the progress lines after the first update (compilation, warm-up and the random-action phase left out). Then, to say
-where the time goes, the parts of a step are timed alone in this process: stepping the envs of all tasks and of one
-process's share, one update at the global batch and at one process's share of it, and (in N spawned gloo processes)
-the three gradient all-reduces of one update.
+the progress lines after the first update (the random-action phase and the first interval left out). Then, to say
+where the time goes, the parts of a step are timed on their own: stepping the envs of all tasks (and of the largest
+shard) in this process; one update at the global batch in this process; and, in N spawned gloo processes that all
+update at once as in a run, one distributed update at each process's share of the batch and, of it, the three
+gradient all-reduces. A step runs `--updates-per-step` (2) updates. "rest" is what the measured step time leaves:
+replay sampling, acting, the per-step agreements, and waiting for the slowest process.
 
-    python benchmarks/bench_distributed.py                       # DMC_EASY and MT10, 1 vs 2 processes (~10 min)
+    python benchmarks/bench_distributed.py                  # DMC_EASY, MT10 and MT50, 1 vs 2 processes (~15 min)
     python benchmarks/bench_distributed.py --settings dmc --steps 800
 
 Run it on an idle machine: two processes need two free cores. It prints a markdown table for RESULTS.md.
@@ -39,9 +41,11 @@ import bro_mt  # noqa: E402
 from brc_utils import distributed  # noqa: E402
 from brc_utils.envs import make_task_envs, resolve_env_ids  # noqa: E402
 
+UPDATES = bro_mt.Args().updates_per_step  # updates per environment step (the paper's replay ratio, 2)
 SETTINGS = {  # name: (suite, critic width, global batch)
     "dmc": ("DMC_EASY", 128, 256),
     "mt10": ("MW_MT10", 128, 256),
+    "mt50": ("MW_MT50", 128, 256),
     "mt50-gpu": ("MW_MT50", 4096, 1024),  # the paper's 64M critic: for --cuda on a multi-GPU machine
 }
 
@@ -81,42 +85,38 @@ def env_seconds(env_ids: list, seconds: float = 3.0) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def update_seconds(num_tasks: int, width: int, batch: int, seconds: float = 3.0) -> float:
-    """Seconds per bro_mt update (one process, eager) at `batch`, on random transitions of MT-sized inputs."""
+def _batch(batch: int, first_task: int, tasks: int) -> bro_mt.Batch:
+    """Random transitions of MT-sized inputs (observation 39, action 6) of tasks [first_task, first_task + tasks)."""
+    task_ids = first_task + torch.randint(tasks, (batch,))
+    obs, next_obs, actions = torch.randn(batch, 39), torch.randn(batch, 39), torch.rand(batch, 6) * 2 - 1
+    return bro_mt.Batch(obs, actions, torch.randn(batch), next_obs, torch.zeros(batch), task_ids)
+
+
+def _updates(num_tasks: int, width: int, batch: bro_mt.Batch, seconds: float = 3.0) -> tuple:
+    """(seconds per bro_mt.update on `batch`, the networks), eager, in this process (distributed or not)."""
     torch.manual_seed(0)
-    obs_dim, action_dim = 39, 6
-    args = bro_mt.Args(critic_width=width)
     with contextlib.redirect_stdout(io.StringIO()):  # make_nets announces itself
-        nets = bro_mt.make_nets(args, "embedding", obs_dim, action_dim, num_tasks, width, "cpu")
-    masks, target_entropy = bro_mt.action_masks_and_target_entropy([action_dim] * num_tasks, action_dim, "cpu")
+        nets = bro_mt.make_nets(bro_mt.Args(critic_width=width), "embedding", 39, 6, num_tasks, width, "cpu")
+    masks, target_entropy = bro_mt.action_masks_and_target_entropy([6] * num_tasks, 6, "cpu")
     support, scales = torch.linspace(-10, 10, 101), torch.ones(num_tasks)
-    batch_data = bro_mt.Batch(
-        torch.randn(batch, obs_dim), torch.rand(batch, action_dim) * 2 - 1, torch.randn(batch),
-        torch.randn(batch, obs_dim), torch.zeros(batch), torch.randint(num_tasks, (batch,)),
-    )  # fmt: skip
     for _ in range(3):
-        bro_mt.update(batch_data, nets, masks, target_entropy, scales, support, 0.99, 0.005)
+        bro_mt.update(batch, nets, masks, target_entropy, scales, support, 0.99, 0.005)
     updates, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        bro_mt.update(batch_data, nets, masks, target_entropy, scales, support, 0.99, 0.005)
+    while time.perf_counter() - start < seconds or updates < 10:
+        bro_mt.update(batch, nets, masks, target_entropy, scales, support, 0.99, 0.005)
         updates += 1
-    return (time.perf_counter() - start) / updates
+    return (time.perf_counter() - start) / updates, nets
 
 
-def _all_reduce_worker(rank: int, world: int, port: int, num_tasks: int, width: int, result: str):
+def _distributed_worker(rank: int, world: int, port: int, num_tasks: int, width: int, batch: int, result: str):
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank)})
     os.environ["WORLD_SIZE"] = str(world)
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
-    distributed.shard_tasks(num_tasks, 256, 1)
-    args = bro_mt.Args(critic_width=width)
-    with contextlib.redirect_stdout(io.StringIO()):
-        nets = bro_mt.make_nets(args, "embedding", 39, 6, num_tasks, width, "cpu")
+    shard = distributed.shard_tasks(num_tasks, batch, 1)
+    update, nets = _updates(num_tasks, width, _batch(shard.batch_size, shard.first, shard.size))
     optimizers = [nets.critic_optimizer, nets.actor_optimizer, nets.alpha_optimizer]
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = torch.randn_like(p)
     times = []
     for _ in range(50):
         torch.distributed.barrier()
@@ -125,27 +125,26 @@ def _all_reduce_worker(rank: int, world: int, port: int, num_tasks: int, width: 
             distributed.average_gradients(optimizer)
         times.append(time.perf_counter() - start)
     if rank == 0:
-        torch.save(float(np.median(times[5:])), result)
+        torch.save((update, float(np.median(times[5:]))), result)
     torch.distributed.destroy_process_group()
 
 
-def all_reduce_seconds(world: int, num_tasks: int, width: int) -> float:
-    """Median seconds of one update's three gradient all-reduces (critic, actor, temperature) over `world` gloo
-    processes on this machine."""
+def distributed_update_seconds(world: int, num_tasks: int, width: int, batch: int) -> tuple:
+    """(seconds of one distributed update, seconds of its three gradient all-reduces alone), measured in `world` gloo
+    processes that all update at once, each on its share of `batch`, as in a run."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
         result = os.path.join(folder, "seconds.pt")
-        mp.start_processes(
-            _all_reduce_worker, args=(world, port, num_tasks, width, result), nprocs=world, start_method="spawn"
-        )
+        arguments = (world, port, num_tasks, width, batch, result)
+        mp.start_processes(_distributed_worker, args=arguments, nprocs=world, start_method="spawn")
         return torch.load(result)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", default=["dmc", "mt10"], choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["dmc", "mt10", "mt50"], choices=list(SETTINGS))
     parser.add_argument("--processes", type=int, default=2, help="the distributed run's process count")
     parser.add_argument("--steps", type=int, default=1500, help="steps of each run (learning from --learning-starts)")
     parser.add_argument("--learning-starts", type=int, default=500)
@@ -158,11 +157,13 @@ def main():
     torch.set_flush_denormal(True)
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load {load:.2f} at the start, one thread per process\n")
-    n = options.processes
+    n, k = options.processes, UPDATES
     print(
-        f"| setting | 1 process | {n} processes | speed-up | per step, 1 process: envs + update | per step, each of {n}: envs + update + all-reduce |"
+        f"| setting | 1 process | {n} processes | speed-up | per step, 1 process: envs + {k} updates | per step, each "
+        f"of {n}: envs + {k} updates (of which all-reduce) | rest, {n} processes |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
+    ms = lambda seconds: f"{1000 * seconds:.1f}"  # noqa: E731
     for name in options.settings:
         suite, width, batch = SETTINGS[name]
         label = f"{suite}, width {width}, batch {batch}"
@@ -173,17 +174,16 @@ def main():
         timing = (options.steps, options.learning_starts, options.log_interval)
         one, many = training_rate(flags, 1, *timing), training_rate(flags, n, *timing)
         if options.cuda:
-            print(f"| {label} (CUDA) | {one:.1f} steps/s | {many:.1f} steps/s | {many / one:.2f}x | | |", flush=True)
+            print(f"| {label} (CUDA) | {one:.1f} steps/s | {many:.1f} steps/s | {many / one:.2f}x | | | |", flush=True)
             continue
         share = -(-tasks // n)  # the largest shard's tasks
         env_all, env_share = env_seconds(env_ids), env_seconds(env_ids[:share])
-        update_all = update_seconds(tasks, width, batch)
-        update_share = update_seconds(tasks, width, round(batch * share / tasks))
-        reduce = all_reduce_seconds(n, tasks, width)
-        ms = lambda seconds: f"{1000 * seconds:.1f}"  # noqa: E731
+        update_all = _updates(tasks, width, _batch(batch, 0, tasks))[0]
+        update_many, reduce = distributed_update_seconds(n, tasks, width, batch)
+        rest = 1 / many - env_share - k * update_many
         print(
-            f"| {label} | {one:.1f} steps/s | {many:.1f} steps/s | {many / one:.2f}x | {ms(env_all)} + "
-            f"{ms(update_all)} ms | {ms(env_share)} + {ms(update_share)} + {ms(reduce)} ms |",
+            f"| {label} | {one:.1f} steps/s | {many:.1f} steps/s | {many / one:.2f}x | {ms(env_all)} + {k} x "
+            f"{ms(update_all)} ms | {ms(env_share)} + {k} x {ms(update_many)} ({ms(reduce)}) ms | {ms(rest)} ms |",
             flush=True,
         )
     print(f"\nload {os.getloadavg()[0]:.2f} at the end")
