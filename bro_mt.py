@@ -593,6 +593,7 @@ def evaluate(
     step in lockstep. When `stop()` turns true (Ctrl-C), the evaluation ends after the current episode, with the
     means of the episodes played."""
     returns, successes = np.zeros((len(envs), num_episodes)), np.zeros((len(envs), num_episodes))
+    masks = action_masks[task_ids]  # [envs, action_dim]
     for episode in range(num_episodes):
         obs = np.zeros((len(envs), obs_dim), np.float32)
         for i, (env, task) in enumerate(zip(envs, task_ids.tolist())):
@@ -603,7 +604,7 @@ def evaluate(
         while not done.all():
             with torch.no_grad():
                 obs_t = torch.as_tensor(obs, device=device)
-                actions = actor.act(obs_t, critic.embed(task_ids), action_masks[task_ids]).cpu().numpy()
+                actions = actor.act(obs_t, critic.embed(task_ids), masks).cpu().numpy()
             for i, env in enumerate(envs):
                 if done[i]:
                     continue

@@ -623,8 +623,10 @@ class Run:
         means = {name: value for name, value in zip(self.metric_names, self.metrics_sum.tolist())}
         means = {name: value / max(self.metrics_count, 1) for name, value in means.items()}
         path = self._save_everywhere(f"nan_step{step}", checkpoint)
-        where = "on this process" if self.has_nonfinite_loss() else "on another process"
-        raise SystemExit(f"non-finite loss at step {step} {where} (interval means: {means}); state saved to {path}")
+        where = (
+            "" if self.world_size == 1 else " on this process" if self.has_nonfinite_loss() else " on another process"
+        )
+        raise SystemExit(f"non-finite loss at step {step}{where} (interval means: {means}); state saved to {path}")
 
     def check_finite(self, step: int, checkpoint: Callable[[], dict]):
         """One process: stop the run, with its state saved, once an update produced a non-finite loss."""
